@@ -1,0 +1,1 @@
+"""The streaming core: cache, schedule, loop, stream session. Imports no other top-level package."""

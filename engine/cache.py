@@ -1,0 +1,401 @@
+"""KV caches for block-causal generators: a rolling self-attention cache and a prompt cache.
+
+A stream commits one block of latent frames at a time. Each layer's keys and
+values live in one preallocated buffer laid out in frame slots::
+
+    [ scratch: block_frames | sinks: sink_frames | ring: window_frames ]
+
+- scratch holds the block being denoised (written every step, never kept);
+  a block of n < block_frames frames sits at its end, so the attended region
+  is always one contiguous prefix-free slice [attn_start, attn_end).
+- sinks hold the first frames of the stream, pinned forever.
+- ring holds the most recent window_frames frames; a commit overwrites the
+  oldest block in place. No allocation, no shifting, O(block) per commit.
+
+Because the current block attends to everything in its context at once
+(block-causal, bidirectional within a block), the order of slots does not
+matter: keys are stored already rotated (RoPE), so each key carries its own
+position and attention needs only the valid slice.
+
+Positions. With ``positions="absolute"`` frame f has temporal position f, as
+in the reference code, and a stream fails (with a clear error) past the RoPE
+table the checkpoint was trained with (1024). With ``positions="relative"``
+(default) window frames keep their absolute index but the sinks are
+re-aligned to sit immediately before the oldest frame in the context. RoPE
+scores depend only on position differences, so this equals laying out
+[sinks, window, block] at positions 0..S+W+B-1: every distance the model sees
+stays inside the trained range, for any stream length. Sinks keep a copy of
+their un-rotated keys so re-alignment is exact, not accumulated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from engine.rope import Rope3D, apply_rope
+
+log = logging.getLogger(__name__)
+
+PositionMode = Literal["relative", "absolute"]
+
+
+class CacheError(RuntimeError):
+    """A cache operation that cannot be honoured (full global cache, position overflow...)."""
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """How many frames a stream remembers and how their positions are assigned."""
+
+    sink_frames: int = 3  # first frames pinned for the whole stream (latent frames)
+    window_frames: int | None = 12  # most recent frames kept; None = global (no eviction)
+    max_frames: int = 21  # capacity in global mode (sinks included)
+    positions: PositionMode = "relative"
+    rope_max_positions: int = 1024  # trained temporal RoPE table; enforced in absolute mode
+
+    def __post_init__(self) -> None:
+        if self.sink_frames < 0:
+            raise ValueError(f"sink_frames must be >= 0, got {self.sink_frames}")
+        if self.window_frames is not None and self.window_frames < 1:
+            raise ValueError(f"window_frames must be >= 1 or None, got {self.window_frames}")
+        if self.window_frames is None and self.max_frames <= self.sink_frames:
+            raise ValueError(f"global cache needs max_frames > sink_frames, got {self.max_frames}")
+        if self.positions not in ("relative", "absolute"):
+            raise ValueError(f"positions must be 'relative' or 'absolute', got {self.positions!r}")
+
+    @property
+    def rolling(self) -> bool:
+        return self.window_frames is not None
+
+    @property
+    def ring_frames(self) -> int:
+        """Frame slots after the sinks."""
+        if self.window_frames is not None:
+            return self.window_frames
+        return self.max_frames - self.sink_frames
+
+    @classmethod
+    def rolling_window(cls, sinks: int = 3, window: int = 12, **kw: object) -> CacheConfig:
+        return cls(sink_frames=sinks, window_frames=window, **kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def global_attention(cls, max_frames: int = 21, **kw: object) -> CacheConfig:
+        """Self-Forcing's default: attend to every frame of a short clip."""
+        return cls(sink_frames=0, window_frames=None, max_frames=max_frames, **kw)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CacheGeometry:
+    """Shapes the model imposes on its cache."""
+
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    grid_hw: tuple[int, int]  # token grid of one latent frame (after patching)
+    latent_shape: tuple[int, int, int]  # (C, H, W) of one latent frame
+    block_frames: int
+    batch: int = 1
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid_hw[0] * self.grid_hw[1]
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Where one forward over a block reads and writes. Made by KVCache.plan()."""
+
+    num_frames: int
+    frame_index: int  # absolute index of the block's first frame
+    positions: Tensor  # int64 [num_frames] temporal RoPE positions of the block
+    scratch_start: int  # token range of the block in the scratch region
+    scratch_end: int
+    attn_start: int  # token range the block attends to (block + committed context)
+    attn_end: int
+    commit_start: int | None  # token range the block is committed to, if committing
+    sink_raw_start: int | None  # token offset in the raw sink buffer, if committing to sinks
+
+    @property
+    def commit(self) -> bool:
+        return self.commit_start is not None
+
+
+class KVCache:
+    """Per-stream self-attention cache, allocated once.
+
+    Usage::
+
+        cache = KVCache(geometry, CacheConfig.rolling_window(3, 12), rope, dtype=torch.float32)
+        plan = cache.plan(3)                      # denoise: cache is read-only
+        flow = model.predict_flow(x, t, context, cross, cache, plan)
+        plan = cache.plan(3, commit=True)         # commit the clean block
+        model.predict_flow(x0, t0, context, cross, cache, plan)
+        cache.commit(plan, x0)
+
+    Tensor layouts: k, v are [L, B, H, slots*tokens_per_frame, D]; latents [B, S+W, C, H, W].
+    """
+
+    def __init__(
+        self,
+        geometry: CacheGeometry,
+        config: CacheConfig,
+        rope: Rope3D,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        g, c = geometry, config
+        bf = g.block_frames
+        if c.sink_frames % bf or c.ring_frames % bf:
+            raise ValueError(
+                f"sink_frames ({c.sink_frames}) and window frames ({c.ring_frames}) must be "
+                f"multiples of block_frames ({bf}) so that blocks never straddle regions"
+            )
+        self.geometry, self.config, self.rope = g, c, rope
+        self.device = torch.device(device)
+        tpf = g.tokens_per_frame
+        self.tokens_per_frame = tpf
+        self.scratch_tokens = bf * tpf
+        self.sink_tokens = c.sink_frames * tpf
+        self.ring_tokens = c.ring_frames * tpf
+        slots = self.scratch_tokens + self.sink_tokens + self.ring_tokens
+        shape = (g.num_layers, g.batch, g.num_heads, slots, g.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
+        # Un-rotated sink keys, so re-aligning sinks is an exact re-rotation.
+        self.k_sink_raw: Tensor | None = None
+        if c.positions == "relative" and c.sink_frames > 0:
+            raw = (g.num_layers, g.batch, g.num_heads, self.sink_tokens, g.head_dim)
+            self.k_sink_raw = torch.zeros(raw, dtype=dtype, device=self.device)
+        # Clean latents of the kept frames: what KV-recache re-encodes on a prompt switch.
+        kept = c.sink_frames + c.ring_frames
+        self.latents = torch.zeros((g.batch, kept, *g.latent_shape), device=self.device)
+        self.reset()
+
+    # ---- bookkeeping (host integers only: no device sync anywhere) ----
+
+    def reset(self) -> None:
+        """Forget every frame; buffers are reused, not reallocated."""
+        self.next_frame = 0
+        self.sink_filled = 0
+        self.sink_first_frame = 0
+        self.ring_count = 0  # frames ever written to the ring since reset/compaction
+        self._sink_offset = 0  # temporal offset currently baked into the sink keys
+
+    @property
+    def ring_valid(self) -> int:
+        return min(self.ring_count, self.config.ring_frames)
+
+    @property
+    def frames_kept(self) -> int:
+        return self.sink_filled + self.ring_valid
+
+    @property
+    def nbytes(self) -> int:
+        bufs = [self.k, self.v, self.latents]
+        if self.k_sink_raw is not None:
+            bufs.append(self.k_sink_raw)
+        return sum(b.numel() * b.element_size() for b in bufs)
+
+    def plan(self, num_frames: int, *, commit: bool = False, frame_index: int | None = None) -> BlockPlan:
+        """Plan a forward over the next block (or the block at frame_index, for recache)."""
+        c, tpf = self.config, self.tokens_per_frame
+        bf = self.geometry.block_frames
+        if not 1 <= num_frames <= bf:
+            raise ValueError(f"a block has 1..{bf} frames, got {num_frames}")
+        start = self.next_frame if frame_index is None else frame_index
+        if c.positions == "absolute" and start + num_frames > c.rope_max_positions:
+            raise CacheError(
+                f"frame {start + num_frames - 1} is past the {c.rope_max_positions}-position RoPE "
+                "table of absolute positions; use CacheConfig(positions='relative') for "
+                "streams of any length"
+            )
+        to_sinks = self.sink_filled < c.sink_frames
+        if not to_sinks and not c.rolling and self.ring_count + num_frames > c.ring_frames:
+            raise CacheError(
+                f"global cache is full ({c.max_frames} frames); use a rolling window "
+                "(CacheConfig.rolling_window) for streams longer than max_frames"
+            )
+        self._align_sinks(start)
+        scratch_end = self.scratch_tokens
+        scratch_start = scratch_end - num_frames * tpf
+        commit_start = sink_raw = None
+        if commit:
+            if to_sinks:
+                sink_raw = self.sink_filled * tpf
+                commit_start = self.scratch_tokens + sink_raw
+            else:
+                slot = self.ring_count % c.ring_frames
+                commit_start = self.scratch_tokens + self.sink_tokens + slot * tpf
+        positions = torch.arange(start, start + num_frames, device=self.device)
+        return BlockPlan(
+            num_frames=num_frames,
+            frame_index=start,
+            positions=positions,
+            scratch_start=scratch_start,
+            scratch_end=scratch_end,
+            attn_start=scratch_start,
+            attn_end=scratch_end + self.frames_kept * tpf,
+            commit_start=commit_start,
+            sink_raw_start=sink_raw,
+        )
+
+    def commit(self, plan: BlockPlan, latents: Tensor) -> None:
+        """Advance past a committed block and keep its clean latents [B, n, C, H, W]."""
+        assert plan.commit, "commit() needs a plan made with commit=True"
+        assert latents.shape[1] == plan.num_frames, f"{latents.shape=} {plan.num_frames=}"
+        c, n = self.config, plan.num_frames
+        if plan.sink_raw_start is not None:
+            if self.sink_filled == 0:
+                self.sink_first_frame = plan.frame_index
+            slot = self.sink_filled
+            self.sink_filled += n
+        else:
+            slot = c.sink_frames + self.ring_count % c.ring_frames
+            self.ring_count += n
+        self.latents[:, slot : slot + n].copy_(latents)
+        self.next_frame = plan.frame_index + n
+
+    # ---- writes done by the model inside its forward ----
+
+    def write_scratch(self, layer: int, plan: BlockPlan, k: Tensor, v: Tensor) -> None:
+        """Store a layer's keys/values [B, H, n, D] for the block in the scratch slots,
+        so the block attends to itself. Call before attending."""
+        s0, s1 = plan.scratch_start, plan.scratch_end
+        self.k[layer, :, :, s0:s1] = k
+        self.v[layer, :, :, s0:s1] = v
+
+    def commit_block(self, layer: int, plan: BlockPlan, k: Tensor, v: Tensor, k_raw: Tensor) -> None:
+        """Write a committing block's keys/values [B, H, n, D] (and un-rotated keys) to
+        its kept slots. Call after attending, so the block does not see itself twice."""
+        if plan.commit_start is None:
+            return
+        c0, c1 = plan.commit_start, plan.commit_start + k.shape[2]
+        self.k[layer, :, :, c0:c1] = k
+        self.v[layer, :, :, c0:c1] = v
+        if plan.sink_raw_start is not None and self.k_sink_raw is not None:
+            r0 = plan.sink_raw_start
+            self.k_sink_raw[layer, :, :, r0 : r0 + k.shape[2]] = k_raw
+
+    def keys(self, layer: int, plan: BlockPlan) -> Tensor:
+        return self.k[layer, :, :, plan.attn_start : plan.attn_end]
+
+    def values(self, layer: int, plan: BlockPlan) -> Tensor:
+        return self.v[layer, :, :, plan.attn_start : plan.attn_end]
+
+    # ---- positions ----
+
+    def _align_sinks(self, block_frame: int) -> None:
+        """Relative mode: put sinks right before the oldest non-sink frame in context."""
+        c = self.config
+        if self.k_sink_raw is None or self.sink_filled < c.sink_frames:
+            return
+        oldest = self.next_frame - self.ring_valid if self.ring_valid else block_frame
+        offset = oldest - c.sink_frames - self.sink_first_frame
+        if offset == self._sink_offset:
+            return
+        h, w = self.geometry.grid_hw
+        first = self.sink_first_frame + offset
+        positions = torch.arange(first, first + c.sink_frames, device=self.device)
+        cos, sin = self.rope.cos_sin(positions, h, w)  # [S*tpf, 1, D/2]
+        s0 = self.scratch_tokens
+        self.k[:, :, :, s0 : s0 + self.sink_tokens] = apply_rope(
+            self.k_sink_raw, cos.squeeze(1), sin.squeeze(1)
+        )
+        self._sink_offset = offset
+
+    # ---- history edits (rare: prompt switches, rollbacks) ----
+
+    def kept_frames(self) -> list[tuple[int, Tensor]]:
+        """Clean latents of the kept frames in temporal order, as (first frame index, [B,n,C,H,W])."""
+        c = self.config
+        out: list[tuple[int, Tensor]] = []
+        if self.sink_filled:
+            out.append((self.sink_first_frame, self.latents[:, : self.sink_filled].clone()))
+        if self.ring_valid:
+            order = self._ring_order()
+            lat = self.latents[:, [c.sink_frames + s for s in order]].clone()
+            out.append((self.next_frame - self.ring_valid, lat))
+        return out
+
+    def _ring_order(self) -> list[int]:
+        """Ring slots from oldest to newest frame."""
+        w = self.config.ring_frames
+        if self.ring_count <= w:
+            return list(range(self.ring_count))
+        head = self.ring_count % w
+        return [(head + i) % w for i in range(w)]
+
+    def rollback(self, num_frames: int) -> None:
+        """Forget the newest num_frames committed frames (they must still be in the ring)."""
+        if not 0 <= num_frames <= self.ring_valid:
+            raise CacheError(
+                f"cannot roll back {num_frames} frames: only the {self.ring_valid} window "
+                "frames can be rolled back (sinks are pinned, evicted frames are gone)"
+            )
+        self._compact(self._ring_order()[: self.ring_valid - num_frames])
+        self.next_frame -= num_frames
+
+    def truncate_window(self, keep_frames: int) -> None:
+        """Keep only the newest keep_frames window frames (sinks untouched)."""
+        if not 0 <= keep_frames <= self.ring_valid:
+            raise ValueError(f"keep_frames must be in 0..{self.ring_valid}, got {keep_frames}")
+        order = self._ring_order()
+        self._compact(order[len(order) - keep_frames :])
+
+    def _compact(self, slots: list[int]) -> None:
+        """Rewrite the given ring slots (temporal order) to slots 0..n-1."""
+        tpf = self.tokens_per_frame
+        base = self.scratch_tokens + self.sink_tokens
+        if slots:
+            idx = torch.tensor(
+                [base + s * tpf + i for s in slots for i in range(tpf)], device=self.device
+            )
+            n = idx.numel()
+            self.k[:, :, :, base : base + n] = self.k.index_select(3, idx)
+            self.v[:, :, :, base : base + n] = self.v.index_select(3, idx)
+            lat_idx = torch.tensor([self.config.sink_frames + s for s in slots], device=self.device)
+            s0 = self.config.sink_frames
+            self.latents[:, s0 : s0 + len(slots)] = self.latents.index_select(1, lat_idx)
+        self.ring_count = len(slots)
+
+
+class CrossAttentionCache:
+    """Keys/values of the prompt tokens for every layer, filled once per prompt.
+
+    k, v: [L, B, H, T, D]. ``valid`` is False until the model fills it, and a
+    prompt switch calls ``invalidate()``.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch: int,
+        num_heads: int,
+        text_tokens: int,
+        head_dim: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (num_layers, batch, num_heads, text_tokens, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = False
+        self.fills = 0  # how many times a prompt was encoded into it
+
+    def invalidate(self) -> None:
+        self.valid = False
+
+    def mark_filled(self) -> None:
+        self.valid = True
+        self.fills += 1
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()

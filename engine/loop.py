@@ -1,0 +1,151 @@
+"""The Self-Forcing denoising loop: denoise a block against a read-only cache, then commit it.
+
+For each block of latent frames:
+  1. start from noise; for each step: predict flow, x0 = x - sigma * flow,
+     and re-noise x0 to the next step's level (fresh noise);
+  2. run the model once more on the clean x0 (optionally re-noised to a small
+     context level) with a committing plan, which writes the block's keys and
+     values into the cache.
+
+The loop is deterministic for a seed: all noise comes from one NoiseSource,
+which the caller may replace (e.g. to replay exact noise in a test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.cache import CacheConfig, CrossAttentionCache, KVCache
+from engine.protocols import CausalGenerator
+from engine.schedule import FlowSchedule, add_noise
+
+NoiseSource = Callable[[tuple[int, ...]], Tensor]
+
+
+class SeededNoise:
+    """Gaussian noise from one seeded generator per stream."""
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def __call__(self, shape: tuple[int, ...]) -> Tensor:
+        return torch.randn(shape, generator=self.generator, device=self.device)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Block structure of a stream."""
+
+    block_frames: int = 3  # latent frames per block (1 or 3 in the public models)
+    latent_hw: tuple[int, int] = (16, 16)  # latent height, width
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.block_frames < 1:
+            raise ValueError(f"block_frames must be >= 1, got {self.block_frames}")
+        if min(self.latent_hw) < 1:
+            raise ValueError(f"latent_hw must be positive, got {self.latent_hw}")
+
+
+class DenoisingLoop:
+    """Generates clean latent blocks one at a time for one stream.
+
+    Usage::
+
+        loop = DenoisingLoop(model, FlowSchedule(), LoopConfig(3, (16, 16)),
+                             CacheConfig.rolling_window(3, 12), SeededNoise(0))
+        loop.set_context(embeddings)            # [B, T, text_dim]
+        latents = loop.next_block()             # [B, 3, C, 16, 16]
+    """
+
+    def __init__(
+        self,
+        model: CausalGenerator,
+        schedule: FlowSchedule,
+        config: LoopConfig,
+        cache_config: CacheConfig,
+        noise: NoiseSource,
+    ) -> None:
+        self.model, self.schedule, self.config = model, schedule, config
+        self.noise = noise
+        self.cache: KVCache
+        self.cross: CrossAttentionCache
+        self.cache, self.cross = model.new_caches(
+            config.latent_hw, config.block_frames, cache_config, batch=config.batch
+        )
+        self.context: Tensor | None = None
+        self.blocks_done = 0
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        c = self.config
+        return (c.batch, c.block_frames, self.model.latent_channels, *c.latent_hw)
+
+    def set_context(self, context: Tensor) -> None:
+        """Use new prompt embeddings [B, T, text_dim] from the next forward on."""
+        self.context = context
+        self.cross.invalidate()
+
+    def _timesteps(self, value: float, frames: int) -> Tensor:
+        return torch.full((self.config.batch, frames), value, device=self.model.device)
+
+    @torch.inference_mode()
+    def next_block(self) -> Tensor:
+        """Denoise and commit the next block; returns its clean latents [B, F, C, H, W]."""
+        assert self.context is not None, "call set_context() before generating"
+        s, cache = self.schedule, self.cache
+        frames = self.config.block_frames
+        x = self.noise(self.block_shape)
+        plan = cache.plan(frames)
+        x0 = x
+        for i, (t, sigma) in enumerate(zip(s.timesteps, s.sigmas, strict=True)):
+            flow = self.model.predict_flow(
+                x, self._timesteps(t, frames), self.context, self.cross, cache, plan
+            )
+            x0 = x - sigma * flow
+            if i + 1 < len(s.steps):
+                x = add_noise(x0, self.noise(self.block_shape), s.sigmas[i + 1])
+        self._commit(x0, plan.frame_index)
+        self.blocks_done += 1
+        return x0
+
+    def _commit(self, x0: Tensor, frame_index: int) -> None:
+        s, frames = self.schedule, x0.shape[1]
+        context_x = x0
+        if s.context_sigma > 0:
+            context_x = add_noise(x0, self.noise(tuple(x0.shape)), s.context_sigma)
+        plan = self.cache.plan(frames, commit=True, frame_index=frame_index)
+        t = self._timesteps(1000.0 * s.context_sigma, frames)
+        assert self.context is not None
+        self.model.predict_flow(context_x, t, self.context, self.cross, self.cache, plan)
+        self.cache.commit(plan, x0)
+
+    @torch.inference_mode()
+    def recache(self, context: Tensor) -> None:
+        """LongLive-style KV-recache: re-encode every kept frame under a new prompt.
+
+        The kept clean latents (sinks, then the window, in temporal order) are
+        committed again block by block with the new prompt, so the cache holds
+        what it would have held had the new prompt been active for those frames.
+        """
+        kept = self.cache.kept_frames()
+        next_frame = self.cache.next_frame
+        self.set_context(context)
+        self.cache.reset()
+        bf = self.config.block_frames
+        for first, latents in kept:
+            for j in range(0, latents.shape[1], bf):
+                self._commit(latents[:, j : j + bf], first + j)
+        self.cache.next_frame = next_frame
+
+    def hard_cut(self, context: Tensor) -> None:
+        """Start a new scene: forget all frames; positions continue from the current frame."""
+        next_frame = self.cache.next_frame
+        self.set_context(context)
+        self.cache.reset()
+        self.cache.next_frame = next_frame

@@ -1,0 +1,1 @@
+"""ONNX / onnxruntime / TensorRT export (later issue)."""

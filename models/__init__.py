@@ -1,0 +1,1 @@
+"""Generators, decoders and conditioning. Imports engine, never streaming or apps."""

@@ -1,0 +1,162 @@
+"""Load public causal Wan checkpoints (.pt / .safetensors) into CausalWanModel.
+
+The public checkpoints wrap the DiT in different ways:
+- Self-Forcing / CausVid / LongLive: ``{"generator": sd, "generator_ema": sd}``
+  (or one of them), keys prefixed ``model.`` by the diffusion wrapper;
+- FSDP / torch.compile leave ``_fsdp_wrapped_module.`` / ``_orig_mod.`` in keys;
+- plain state dicts and .safetensors files with the bare WanModel keys.
+All of these normalise to the bare keys. A mismatch is never silently
+ignored: the error lists missing, unexpected and mis-shaped keys by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from models.wan.config import WanConfig
+from models.wan.model import CausalWanModel
+
+log = logging.getLogger(__name__)
+
+_WRAPPERS = ("generator", "model", "state_dict", "module", "net")
+_INFIXES = ("_fsdp_wrapped_module.", "_orig_mod.", "_checkpoint_wrapped_module.")
+_PREFIXES = ("model.", "module.", "diffusion_model.")
+_LIST_LIMIT = 20  # names shown per category in an error
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the chosen model; the message says why."""
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
+
+
+def unwrap_state_dict(obj: object, *, use_ema: bool = False) -> dict[str, Tensor]:
+    """Find the DiT state dict inside a checkpoint object and normalise its keys."""
+    if isinstance(obj, dict) and not _is_state_dict(obj):
+        order = ("generator_ema", *_WRAPPERS) if use_ema else _WRAPPERS
+        for key in order:
+            if key in obj and isinstance(obj[key], dict):
+                log.info("using checkpoint entry %r", key)
+                return unwrap_state_dict(obj[key], use_ema=use_ema)
+        if use_ema:
+            raise CheckpointError(f"no 'generator_ema' entry; top-level keys: {sorted(obj)[:20]}")
+        raise CheckpointError(
+            f"no state dict found; top-level keys are {sorted(obj)[:20]} (expected tensors, or "
+            f"one of {('generator_ema', *_WRAPPERS)})"
+        )
+    if not _is_state_dict(obj):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
+    sd: dict[str, Tensor] = obj  # type: ignore[assignment]
+    out: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        for infix in _INFIXES:
+            key = key.replace(infix, "")
+        out[key] = value
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in out):
+            out = {k[len(prefix) :]: v for k, v in out.items()}
+    return out
+
+
+def load_state_dict_file(path: str | Path, *, use_ema: bool = False) -> dict[str, Tensor]:
+    """Read a .safetensors / .pt / .pth / .bin checkpoint (memory-mapped where possible)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return unwrap_state_dict(load_file(str(path)), use_ema=use_ema)
+    try:
+        obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError:
+        # Old zip-less pickles cannot be memory-mapped.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    return unwrap_state_dict(obj, use_ema=use_ema)
+
+
+@dataclass(frozen=True)
+class KeyReport:
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # key, checkpoint, model
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        def names(items: list[str]) -> str:
+            more = len(items) - _LIST_LIMIT
+            return ", ".join(items[:_LIST_LIMIT]) + (f", ... (+{more} more)" if more > 0 else "")
+
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing keys: {names(self.missing)}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected keys: {names(self.unexpected)}")
+        if self.mismatched:
+            shapes = [f"{k} (checkpoint {list(a)} vs model {list(b)})" for k, a, b in self.mismatched]
+            parts.append(f"{len(shapes)} shape mismatches: {names(shapes)}")
+        if any(k.startswith("img_emb.") or ".k_img." in k for k in self.unexpected):
+            parts.append("hint: this looks like an image-to-video checkpoint; only t2v is supported")
+        return "; ".join(parts)
+
+
+def compare_keys(model: nn.Module, sd: dict[str, Tensor]) -> KeyReport:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    mismatched = [
+        (k, tuple(sd[k].shape), tuple(expected[k].shape))
+        for k in sorted(set(sd) & set(expected))
+        if sd[k].shape != expected[k].shape
+    ]
+    return KeyReport(missing, unexpected, mismatched)
+
+
+def load_checkpoint(
+    model: CausalWanModel, path: str | Path, *, use_ema: bool = False
+) -> CausalWanModel:
+    """Load a checkpoint into model with strict key matching (works on a meta-device model:
+    tensors are assigned, not copied)."""
+    sd = load_state_dict_file(path, use_ema=use_ema)
+    report = compare_keys(model, sd)
+    if not report.ok:
+        raise CheckpointError(f"{path} does not fit this model: {report.describe()}")
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
+
+
+def build_model(
+    config: WanConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    use_ema: bool = False,
+) -> CausalWanModel:
+    """A ready-to-run model: built on the meta device and loaded with assign when a
+    checkpoint is given (no double allocation), else seeded random weights."""
+    if checkpoint is not None:
+        with torch.device("meta"):
+            model = CausalWanModel(config)
+        load_checkpoint(model, checkpoint, use_ema=use_ema)
+    else:
+        model = CausalWanModel(config).init_weights(seed)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def count_parameters(config: WanConfig) -> int:
+    """Exact parameter count of a preset, computed on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = CausalWanModel(config)
+    return sum(p.numel() for p in model.parameters())

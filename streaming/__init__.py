@@ -1,0 +1,1 @@
+"""Transports (WebRTC, WebSocket) and recording. Imports engine types only."""
