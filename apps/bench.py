@@ -1,0 +1,631 @@
+"""Streaming benchmark: how fast a causal generator streams with the rolling KV cache.
+
+Two measurements in one process, on the same model, window and schedule:
+
+- cached: engine.loop.DenoisingLoop over ``--blocks`` blocks with
+  CacheConfig.rolling_window(sinks, window). Every block is timed; the first
+  block's time-to-first-block (TTFF) counts from loop construction (cache
+  allocation included). Steady-state statistics skip the warm-up blocks
+  (window fill + a few more). Cache bytes and the cache buffers' addresses are
+  sampled once the window is full and at the end (a rolling cache must neither
+  grow nor reallocate), and process RSS after warm-up and at the end.
+- baseline ("no KV cache"): the same stream, but every denoising step runs the
+  full block-causal forward over [kept frames (sinks + last W), noisy block]
+  and keeps only the block's flow: the whole window is recomputed every step.
+
+The prompt context is a seeded random embedding and, unless --checkpoint is
+given, the weights are random: the benchmark measures speed, not quality.
+
+Usage::
+
+    python bench/stream_bench.py --preset tiny --blocks 2000 --baseline-blocks 100
+    python -m apps.bench --preset nano --latent-hw 4 4 --blocks 50 --out /tmp/b.json
+
+For the ``framecast bench`` subcommand: ``add_bench_arguments(sub)`` then
+``sub.set_defaults(func=bench_command)`` (prints the JSON on stdout, returns an
+exit code), or call ``run_bench(args)`` for the result dict only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from torch import Tensor
+
+from engine.cache import CacheConfig
+from engine.loop import DenoisingLoop, LoopConfig, SeededNoise
+from engine.schedule import FlowSchedule, add_noise
+from models.wan.config import PRESETS
+from models.wan.loader import build_model
+from models.wan.model import CausalWanModel
+
+# Wan VAE / TAEHV: each latent frame decodes to 4 video frames in a running stream
+# (the very first latent frame of a clip decodes to 1; ignored in steady state).
+VIDEO_FRAMES_PER_LATENT = 4
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+EXTRA_WARMUP_BLOCKS = 5  # warm-up blocks after the window has filled (allocator, caches)
+BASELINE_EXTRA_WARMUP_BLOCKS = 2
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- arguments ----
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"steps must be comma-separated integers, got {text!r}"
+        ) from None
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark's options to parser (also used by ``framecast bench``)."""
+    g = parser.add_argument_group("model")
+    g.add_argument(
+        "--preset", default="tiny", choices=sorted(PRESETS), help="model size (default tiny)"
+    )
+    g.add_argument(
+        "--checkpoint", default=None, help="DiT checkpoint; default: seeded random weights"
+    )
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    g.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    g.add_argument("--seed", type=int, default=0, help="weights, prompt embedding and noise")
+    s = parser.add_argument_group("stream")
+    s.add_argument("--latent-hw", type=int, nargs=2, default=[16, 16], metavar=("H", "W"))
+    s.add_argument("--block-frames", type=int, default=3, help="latent frames per block")
+    s.add_argument(
+        "--steps", type=_steps, default=_steps("1000,750,500,250"), help="denoising steps"
+    )
+    s.add_argument("--shift", type=float, default=5.0, help="flow-matching timestep shift")
+    s.add_argument("--sinks", type=int, default=3, help="sink frames kept forever")
+    s.add_argument("--window", type=int, default=12, help="most recent frames kept")
+    b = parser.add_argument_group("benchmark")
+    b.add_argument("--blocks", type=int, default=2000, help="blocks to stream with the KV cache")
+    b.add_argument(
+        "--baseline-blocks", type=int, default=100, help="blocks for the no-cache baseline"
+    )
+    b.add_argument("--no-baseline", action="store_true", help="skip the no-cache baseline")
+    b.add_argument(
+        "--warmup-blocks",
+        type=int,
+        default=None,
+        help=f"blocks left out of steady-state stats (default: window fill + {EXTRA_WARMUP_BLOCKS})",
+    )
+    b.add_argument(
+        "--compare-blocks",
+        type=int,
+        default=100,
+        help="size of the first/last block windows compared for drift (default 100)",
+    )
+    b.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default bench/results/stream_<preset>_<device>_<date>.json)",
+    )
+
+
+# ---- environment ----
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def _sync(device: torch.device) -> None:
+    # CUDA sync: kernels run asynchronously, so wait for the block's work before reading
+    # the clock; otherwise a block's time would be its launch time, not its compute time.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+# ---- statistics ----
+
+
+def block_stats(times_s: Sequence[float]) -> dict[str, float]:
+    """Per-block time statistics in ms."""
+    a = np.asarray(times_s, dtype=np.float64) * 1e3
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {
+        "count": len(a),
+        "mean_ms": float(a.mean()),
+        "std_ms": float(a.std()),
+        "min_ms": float(a.min()),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "max_ms": float(a.max()),
+    }
+
+
+def _window_mean(times_s: Sequence[float], start: int, end: int) -> dict[str, Any]:
+    a = np.asarray(times_s[start:end], dtype=np.float64) * 1e3
+    return {"blocks": [start, end], "mean_ms": float(a.mean()), "median_ms": float(np.median(a))}
+
+
+def _drift(times_s: Sequence[float], compare: int, warmup: int) -> dict[str, Any]:
+    """First vs last ``compare`` blocks; also with the warm-up blocks left out of the first."""
+    n = len(times_s)
+    first = _window_mean(times_s, 0, compare)
+    last = _window_mean(times_s, n - compare, n)
+    out: dict[str, Any] = {
+        "definition": (
+            f"mean per-block time over blocks [{n - compare}, {n}) divided by that over blocks "
+            f"[0, {compare}) (blocks, not frames: a block is {{block_frames}} latent frames, "
+            f"so these are latent frames [0, {{f0}}) vs [{{f1}}, {{f2}}))"
+        ),
+        "first": first,
+        "last": last,
+        "ratio_last_over_first": last["mean_ms"] / first["mean_ms"],
+        "median_ratio_last_over_first": last["median_ms"] / first["median_ms"],
+    }
+    out["within_10pct"] = abs(out["ratio_last_over_first"] - 1.0) <= 0.10
+    if warmup < compare:
+        first_w = _window_mean(times_s, warmup, compare)
+        out["first_excluding_warmup"] = first_w
+        out["ratio_last_over_first_excluding_warmup"] = last["mean_ms"] / first_w["mean_ms"]
+        out["within_10pct_excluding_warmup"] = (
+            abs(out["ratio_last_over_first_excluding_warmup"] - 1.0) <= 0.10
+        )
+    return out
+
+
+# ---- the two runs ----
+
+
+def _progress_every(n: int) -> int:
+    return max(1, round(n / 10))
+
+
+def run_cached(
+    model: CausalWanModel,
+    schedule: FlowSchedule,
+    loop_config: LoopConfig,
+    cache_config: CacheConfig,
+    context: Tensor,
+    *,
+    blocks: int,
+    warmup: int,
+    fill_blocks: int,
+    compare: int,
+    seed: int,
+) -> dict[str, Any]:
+    device = model.device
+    times: list[float] = []
+    every = _progress_every(blocks)
+    fill: dict[str, Any] = {}
+    rss_warm = 0
+    with torch.inference_mode():
+        _sync(device)
+        t_start = time.perf_counter()
+        loop = DenoisingLoop(model, schedule, loop_config, cache_config, SeededNoise(seed, device))
+        loop.set_context(context)
+        ttff = math.nan
+        for i in range(blocks):
+            t0 = time.perf_counter()
+            loop.next_block()
+            _sync(device)  # CUDA sync: the block's latents are ready when the clock is read
+            t1 = time.perf_counter()
+            times.append(t1 - t0)
+            if i == 0:
+                ttff = t1 - t_start
+            if i + 1 == fill_blocks:
+                fill = _cache_sample(loop)
+            if i + 1 == warmup:
+                rss_warm = _rss()
+            if (i + 1) % every == 0 or i + 1 == blocks:
+                recent = times[-every:]
+                ms = 1e3 * sum(recent) / len(recent)
+                _log(
+                    f"  cached block {i + 1}/{blocks}: {ms:.1f} ms/block over the last "
+                    f"{len(recent)}, {loop_config.block_frames * 1e3 / ms:.1f} latent frames/s, "
+                    f"RSS {_rss() / 2**20:.0f} MiB"
+                )
+        end = _cache_sample(loop)
+        rss_end = _rss()
+    steady = times[warmup:]
+    bf = loop_config.block_frames
+    latent_fps = bf * len(steady) / sum(steady)
+    drift = _drift(times, compare, warmup)
+    drift["definition"] = drift["definition"].format(
+        block_frames=bf, f0=compare * bf, f1=(blocks - compare) * bf, f2=blocks * bf
+    )
+    return {
+        "ttff_ms": 1e3 * ttff,
+        "ttff_definition": (
+            "loop construction (cache allocation) + prompt cache fill + first block, until its "
+            "latents are ready"
+        ),
+        "warmup_blocks": warmup,
+        "steady_state": {
+            "blocks": [warmup, blocks],
+            "latent_fps": latent_fps,
+            "video_fps": VIDEO_FRAMES_PER_LATENT * latent_fps,
+            **block_stats(steady),
+        },
+        "cache": {
+            "after_window_fill": fill,
+            "end": end,
+            "bytes_equal": fill.get("bytes") == end["bytes"],
+            "buffers_not_reallocated": fill.get("data_ptrs") == end["data_ptrs"],
+        },
+        "first_vs_last": drift,
+        "rss": {
+            "after_warmup_bytes": rss_warm,
+            "end_bytes": rss_end,
+            "growth_pct": 100.0 * (rss_end - rss_warm) / rss_warm if rss_warm else math.nan,
+        },
+        "block_times_ms": [round(1e3 * t, 4) for t in times],
+    }
+
+
+def _cache_sample(loop: DenoisingLoop) -> dict[str, Any]:
+    kv, cross = loop.cache, loop.cross
+    bufs = [kv.k, kv.v, kv.latents, cross.k, cross.v]
+    if kv.k_sink_raw is not None:
+        bufs.append(kv.k_sink_raw)
+    return {
+        "block": loop.blocks_done,
+        "frames_kept": kv.frames_kept,
+        "kv_bytes": kv.nbytes,
+        "cross_bytes": cross.nbytes,
+        "bytes": kv.nbytes + cross.nbytes,
+        "data_ptrs": [b.data_ptr() for b in bufs],
+    }
+
+
+def run_baseline(
+    model: CausalWanModel,
+    schedule: FlowSchedule,
+    loop_config: LoopConfig,
+    cache_config: CacheConfig,
+    context: Tensor,
+    *,
+    blocks: int,
+    warmup: int,
+    seed: int,
+) -> dict[str, Any]:
+    """No KV cache: each step recomputes [sinks, last W frames, noisy block] with the
+    block-causal full-sequence forward and keeps the block's flow.
+
+    Same schedule and re-noising as DenoisingLoop; the kept frames are stored at the
+    context noise level (as the loop's commit does) and fed at timestep 1000*context_sigma.
+    Positions are 0..n-1, which is what the cache's relative positions amount to.
+    """
+    device, bf = model.device, loop_config.block_frames
+    noise: Callable[[tuple[int, ...]], Tensor] = SeededNoise(seed, device)
+    shape = (loop_config.batch, bf, model.latent_channels, *loop_config.latent_hw)
+    sinks: Tensor | None = None
+    window: Tensor | None = None
+    s = schedule
+    times: list[float] = []
+    every = _progress_every(blocks)
+    with torch.inference_mode():
+        for i in range(blocks):
+            _sync(device)
+            t0 = time.perf_counter()
+            kept = [t for t in (sinks, window) if t is not None]
+            ctx_x = torch.cat(kept, dim=1) if kept else None
+            n_ctx = 0 if ctx_x is None else ctx_x.shape[1]
+            t_ctx = torch.full((loop_config.batch, n_ctx), 1000.0 * s.context_sigma, device=device)
+            x = noise(shape)
+            x0 = x
+            for j, (t, sigma) in enumerate(zip(s.timesteps, s.sigmas, strict=True)):
+                seq = x if ctx_x is None else torch.cat([ctx_x, x], dim=1)
+                ts = torch.cat(
+                    [t_ctx, torch.full((loop_config.batch, bf), t, device=device)], dim=1
+                )
+                flow = model(seq, ts, context, block_frames=bf)[:, n_ctx:]
+                x0 = x - sigma * flow
+                if j + 1 < len(s.steps):
+                    x = add_noise(x0, noise(shape), s.sigmas[j + 1])
+            kept_x = x0
+            if s.context_sigma > 0:
+                kept_x = add_noise(x0, noise(tuple(x0.shape)), s.context_sigma)
+            if sinks is None or sinks.shape[1] < cache_config.sink_frames:
+                sinks = kept_x if sinks is None else torch.cat([sinks, kept_x], dim=1)
+            else:
+                window = kept_x if window is None else torch.cat([window, kept_x], dim=1)
+                window = window[:, -cache_config.ring_frames :]
+            _sync(device)  # CUDA sync: the block's latents are ready when the clock is read
+            times.append(time.perf_counter() - t0)
+            if (i + 1) % every == 0 or i + 1 == blocks:
+                recent = times[-every:]
+                ms = 1e3 * sum(recent) / len(recent)
+                _log(
+                    f"  baseline block {i + 1}/{blocks}: {ms:.1f} ms/block, context {n_ctx} frames"
+                )
+    steady = times[warmup:]
+    latent_fps = bf * len(steady) / sum(steady)
+    return {
+        "warmup_blocks": warmup,
+        "steady_state": {
+            "blocks": [warmup, blocks],
+            "context_frames": cache_config.sink_frames + cache_config.ring_frames,
+            "latent_fps": latent_fps,
+            "video_fps": VIDEO_FRAMES_PER_LATENT * latent_fps,
+            **block_stats(steady),
+        },
+        "block_times_ms": [round(1e3 * t, 4) for t in times],
+    }
+
+
+# ---- driver ----
+
+
+def _default_out(preset: str, device_label: str) -> Path:
+    base = _REPO_ROOT if (_REPO_ROOT / "bench").is_dir() else Path.cwd()
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
+    return base / "bench" / "results" / f"stream_{preset}_{slug(device_label)}_{date}.json"
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark described by args (see add_bench_arguments); writes args.out
+    (or the default path) and returns the result dict. Raises ValueError on a bad config."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch.cuda.is_available() is False")
+    dtype = DTYPES[args.dtype]
+    bf = args.block_frames
+    cache_config = CacheConfig.rolling_window(args.sinks, args.window)
+    schedule = FlowSchedule(steps=tuple(args.steps), shift=args.shift)
+    loop_config = LoopConfig(block_frames=bf, latent_hw=(args.latent_hw[0], args.latent_hw[1]))
+    if args.sinks % bf or args.window % bf:
+        raise ValueError(
+            f"--sinks ({args.sinks}) and --window ({args.window}) must be multiples of --block-frames ({bf})"
+        )
+    fill_blocks = (args.sinks + args.window) // bf
+    warmup = fill_blocks + EXTRA_WARMUP_BLOCKS if args.warmup_blocks is None else args.warmup_blocks
+    if not 0 <= warmup < args.blocks:
+        raise ValueError(f"--blocks ({args.blocks}) must exceed the warm-up blocks ({warmup})")
+    if args.blocks < fill_blocks:
+        raise ValueError(f"--blocks ({args.blocks}) must be >= {fill_blocks} to fill the window")
+    compare = min(args.compare_blocks, args.blocks // 2)
+    if compare < 1:
+        raise ValueError("--compare-blocks and --blocks must allow at least one block per window")
+    base_warmup = fill_blocks + BASELINE_EXTRA_WARMUP_BLOCKS
+    if not args.no_baseline and args.baseline_blocks <= base_warmup:
+        raise ValueError(
+            f"--baseline-blocks ({args.baseline_blocks}) must exceed its warm-up "
+            f"({base_warmup} = window fill + {BASELINE_EXTRA_WARMUP_BLOCKS}) or use --no-baseline"
+        )
+
+    wan = PRESETS[args.preset]
+    dev_name = device_name(device)
+    env = {
+        "device": str(device),
+        "device_name": dev_name,
+        "cpu_model": cpu_model(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    config = {
+        "preset": args.preset,
+        "model": {
+            "dim": wan.dim,
+            "ffn_dim": wan.ffn_dim,
+            "num_heads": wan.num_heads,
+            "num_layers": wan.num_layers,
+            "text_dim": wan.text_dim,
+            "text_len": wan.text_len,
+            "patch_size": list(wan.patch_size),
+        },
+        "checkpoint": args.checkpoint,
+        "dtype": args.dtype,
+        "seed": args.seed,
+        "latent_hw": list(loop_config.latent_hw),
+        "block_frames": bf,
+        "steps": list(schedule.steps),
+        "shift": schedule.shift,
+        "model_timesteps": list(schedule.timesteps),
+        "sinks": args.sinks,
+        "window": args.window,
+        "positions": cache_config.positions,
+        "blocks": args.blocks,
+        "window_fill_blocks": fill_blocks,
+        "warmup_blocks": warmup,
+        "compare_blocks": compare,
+        "baseline_blocks": None if args.no_baseline else args.baseline_blocks,
+        "baseline_warmup_blocks": None if args.no_baseline else base_warmup,
+        "forwards_per_block": len(schedule.steps) + 1,
+    }
+    _log(
+        f"framecast stream benchmark: {dev_name} ({device}), torch {env['torch']}, "
+        f"python {env['python']}, {env['threads']} threads, {env['platform']}"
+    )
+    _log("config: " + json.dumps(config))
+
+    model = build_model(wan, checkpoint=args.checkpoint, device=device, dtype=dtype, seed=args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    context = torch.randn(1, wan.text_len, wan.text_dim, generator=gen).to(device)
+
+    _log(f"cached run: {args.blocks} blocks, window {args.sinks} sinks + {args.window} frames")
+    cached = run_cached(
+        model,
+        schedule,
+        loop_config,
+        cache_config,
+        context,
+        blocks=args.blocks,
+        warmup=warmup,
+        fill_blocks=fill_blocks,
+        compare=compare,
+        seed=args.seed,
+    )
+
+    baseline = None
+    speedup = None
+    if not args.no_baseline:
+        _log(f"baseline (no KV cache): {args.baseline_blocks} blocks")
+        baseline = run_baseline(
+            model,
+            schedule,
+            loop_config,
+            cache_config,
+            context,
+            blocks=args.baseline_blocks,
+            warmup=base_warmup,
+            seed=args.seed,
+        )
+        speedup = baseline["steady_state"]["mean_ms"] / cached["steady_state"]["mean_ms"]
+
+    if device.type == "cuda":
+        env["cuda_max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+
+    weights = f"loaded from {args.checkpoint}" if args.checkpoint else f"random (seed {args.seed})"
+    result: dict[str, Any] = {
+        "benchmark": "framecast.stream",
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": env,
+        "config": config,
+        "notes": {
+            "weights": weights + "; the benchmark measures speed, not quality",
+            "prompt": (
+                f"fixed random prompt embedding [1, {wan.text_len}, {wan.text_dim}] from a seeded "
+                "generator, encoded once into the prompt cache"
+            ),
+            "timing": (
+                "wall clock (time.perf_counter) per block; on CUDA synchronised after every "
+                "block. Steady state = blocks after the warm-up (window fill + "
+                f"{EXTRA_WARMUP_BLOCKS} blocks)."
+            ),
+            "video_fps": (
+                f"{VIDEO_FRAMES_PER_LATENT} video frames per latent frame (Wan VAE / TAEHV "
+                "temporal upsampling); decoding is not included"
+            ),
+            "baseline": (
+                "no KV cache: every denoising step reruns the block-causal full-sequence forward "
+                "over [sinks + last window frames, noisy block] and keeps the block's flow; same "
+                "schedule, re-noising and window as the cached run"
+            ),
+            "speedup": "baseline steady-state mean block time / cached steady-state mean block time",
+        },
+        "results": {
+            "cached": cached,
+            "baseline": baseline,
+            "speedup_vs_baseline": speedup,
+        },
+    }
+    out = Path(args.out) if args.out else _default_out(args.preset, dev_name)
+    result["output_path"] = str(out)
+    _log(summary(result))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dumps(result) + "\n", encoding="utf-8")
+    _log(f"wrote {out}")
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    r = result["results"]
+    c = r["cached"]
+    ss, drift, cache, rss = c["steady_state"], c["first_vs_last"], c["cache"], c["rss"]
+    lines = [
+        "results:",
+        f"  cached steady state: {ss['latent_fps']:.2f} latent frames/s = {ss['video_fps']:.2f} "
+        f"video frames/s; per block p50 {ss['p50_ms']:.1f} ms, p90 {ss['p90_ms']:.1f}, "
+        f"p99 {ss['p99_ms']:.1f}, max {ss['max_ms']:.1f} (mean {ss['mean_ms']:.1f})",
+        f"  time to first block: {c['ttff_ms']:.1f} ms",
+        f"  first vs last {drift['first']['blocks']} / {drift['last']['blocks']}: "
+        f"{drift['first']['mean_ms']:.1f} -> {drift['last']['mean_ms']:.1f} ms, "
+        f"ratio {drift['ratio_last_over_first']:.3f} (median ratio "
+        f"{drift['median_ratio_last_over_first']:.3f})",
+    ]
+    if "ratio_last_over_first_excluding_warmup" in drift:
+        lines.append(
+            f"  excluding warm-up {drift['first_excluding_warmup']['blocks']}: ratio "
+            f"{drift['ratio_last_over_first_excluding_warmup']:.3f}"
+        )
+    lines += [
+        f"  cache bytes after fill {cache['after_window_fill'].get('bytes')} / end "
+        f"{cache['end']['bytes']} (equal: {cache['bytes_equal']}, not reallocated: "
+        f"{cache['buffers_not_reallocated']})",
+        f"  RSS after warm-up {rss['after_warmup_bytes'] / 2**20:.1f} MiB, end "
+        f"{rss['end_bytes'] / 2**20:.1f} MiB ({rss['growth_pct']:+.2f}%)",
+    ]
+    if r["baseline"] is not None:
+        b = r["baseline"]["steady_state"]
+        lines.append(
+            f"  baseline (no cache): {b['mean_ms']:.1f} ms/block, {b['latent_fps']:.2f} latent "
+            f"frames/s; cached speed-up {r['speedup_vs_baseline']:.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def dumps(obj: Any) -> str:
+    """Indented JSON with numeric arrays kept on one line."""
+    text = json.dumps(obj, indent=2)
+    number_list = re.compile(r"\[\s*\n\s*((?:-?[0-9][0-9.eE+-]*,\s*)*-?[0-9][0-9.eE+-]*)\s*\]")
+    return number_list.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """Run, print the JSON on stdout; exit code 2 on a bad configuration."""
+    try:
+        result = run_bench(args)
+    except ValueError as e:
+        _log(f"error: {e}")
+        return 2
+    print(dumps(result), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="framecast bench", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    add_bench_arguments(parser)
+    return bench_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

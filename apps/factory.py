@@ -1,0 +1,108 @@
+"""Build a ready Stream from user options: model, decoder, prompt encoder, configs.
+
+Shared by `framecast generate` and (later) `framecast serve`, so both accept
+the same model options.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.cache import CacheConfig, PositionMode
+from engine.protocols import PromptEncoder
+from engine.schedule import FlowSchedule
+from engine.stream import Stream, StreamConfig
+from models.decoders import LatentPreviewDecoder
+from models.text import HashingPromptEncoder, PrecomputedPromptEncoder
+from models.wan.config import preset
+from models.wan.loader import build_model
+
+log = logging.getLogger(__name__)
+
+VAE_SPATIAL = 8  # pixels per latent pixel (Wan VAE, TAEHV)
+VAE_TEMPORAL = 4  # video frames per latent frame
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What a user picks on the command line."""
+
+    preset: str = "tiny"
+    checkpoint: Path | None = None
+    use_ema: bool = False
+    text_embeds: Path | None = None
+    height: int = 128  # video pixels
+    width: int = 128
+    fps: int = 16
+    steps: tuple[int, ...] = (1000, 750, 500, 250)
+    shift: float = 5.0
+    context_step: int = 0
+    block_frames: int = 3
+    sinks: int = 3
+    window: int | None = 12  # None: global attention over max_frames
+    max_frames: int = 21
+    positions: PositionMode = "relative"
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def latent_hw(self, patch: tuple[int, int, int]) -> tuple[int, int]:
+        step_h, step_w = VAE_SPATIAL * patch[1], VAE_SPATIAL * patch[2]
+        if self.height % step_h or self.width % step_w:
+            raise ValueError(
+                f"--height/--width must be multiples of {step_h}x{step_w} pixels "
+                f"(VAE 8x and patch {patch[1:]}), got {self.height}x{self.width}"
+            )
+        return self.height // VAE_SPATIAL, self.width // VAE_SPATIAL
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
+    """Everything a session needs, loaded offline."""
+    config = preset(opts.preset)
+    if opts.dtype not in _DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(_DTYPES)}, got {opts.dtype!r}")
+    if opts.checkpoint is None:
+        log.warning(
+            "preset %r: no checkpoint given, using seeded random weights (output is "
+            "structured noise, not trained video)", opts.preset
+        )
+    model = build_model(
+        config,
+        checkpoint=opts.checkpoint,
+        device=opts.device,
+        dtype=_DTYPES[opts.dtype],
+        seed=opts.seed,
+        use_ema=opts.use_ema,
+    )
+    encoder: PromptEncoder
+    if opts.text_embeds is not None:
+        encoder = PrecomputedPromptEncoder(opts.text_embeds)
+    elif config.text_dim == 4096:
+        raise ValueError(
+            f"preset {opts.preset!r} expects UMT5-XXL prompt embeddings, which cannot be "
+            "computed here: pass --text-embeds FILE (a [T, 4096] tensor or {prompt: tensor})"
+        )
+    else:
+        log.warning("using the word-hashing prompt encoder (keys on words, not meaning)")
+        encoder = HashingPromptEncoder(config.text_dim, config.text_len)
+    decoder = LatentPreviewDecoder(config.out_dim, device=opts.device)
+    if opts.window is None:
+        cache = CacheConfig.global_attention(max_frames=opts.max_frames, positions=opts.positions)
+    else:
+        cache = CacheConfig.rolling_window(opts.sinks, opts.window, positions=opts.positions)
+    stream_config = StreamConfig(
+        block_frames=opts.block_frames,
+        latent_hw=opts.latent_hw(config.patch_size),
+        schedule=FlowSchedule(steps=opts.steps, shift=opts.shift, context_step=opts.context_step),
+        cache=cache,
+        fps=opts.fps,
+        seed=opts.seed,
+    )
+    return Stream(model, decoder, encoder, stream_config, name=name)
