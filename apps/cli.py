@@ -19,7 +19,9 @@ def _steps(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"steps must be comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"steps must be comma-separated integers, got {text!r}"
+        ) from None
 
 
 def _switch(text: str) -> tuple[int, str]:
@@ -33,7 +35,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     d = ModelOptions()
     g = p.add_argument_group("model")
     g.add_argument("--preset", default=d.preset, help="tiny, nano, wan2.1-1.3b, wan2.1-14b")
-    g.add_argument("--checkpoint", type=Path, help=".pt or .safetensors (Self-Forcing, CausVid, LongLive)")
+    g.add_argument(
+        "--checkpoint", type=Path, help=".pt or .safetensors (Self-Forcing, CausVid, LongLive)"
+    )
     g.add_argument("--ema", action="store_true", help="load 'generator_ema' from the checkpoint")
     g.add_argument("--text-embeds", type=Path, help="precomputed prompt embeddings (Wan presets)")
     g.add_argument("--height", type=int, default=d.height, help="video pixels")
@@ -41,10 +45,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fps", type=int, default=d.fps)
     g.add_argument("--steps", type=_steps, default=d.steps, help="e.g. 1000,750,500,250")
     g.add_argument("--shift", type=float, default=d.shift, help="5.0 Self-Forcing, 8.0 CausVid")
-    g.add_argument("--context-step", type=int, default=d.context_step, help="noise of committed frames")
-    g.add_argument("--block-frames", type=int, default=d.block_frames, help="latent frames per block")
+    g.add_argument(
+        "--context-step", type=int, default=d.context_step, help="noise of committed frames"
+    )
+    g.add_argument(
+        "--block-frames", type=int, default=d.block_frames, help="latent frames per block"
+    )
     g.add_argument("--sinks", type=int, default=d.sinks, help="pinned first latent frames")
-    g.add_argument("--window", type=int, default=d.window, help="recent latent frames kept; 0 = global")
+    g.add_argument(
+        "--window", type=int, default=d.window, help="recent latent frames kept; 0 = global"
+    )
     g.add_argument("--positions", choices=["relative", "absolute"], default=d.positions)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device)
@@ -78,8 +88,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
     opts = model_options(a)
     if a.window == 0:
-        latent_frames = math.ceil(a.frames / VAE_TEMPORAL)
-        opts = ModelOptions(**{**opts.__dict__, "max_frames": latent_frames + a.block_frames})
+        # global attention: room for every latent frame of the clip, in whole blocks
+        blocks = math.ceil(math.ceil(a.frames / VAE_TEMPORAL) / a.block_frames)
+        opts = ModelOptions(**{**opts.__dict__, "max_frames": blocks * a.block_frames})
     switches = sorted(a.switch or [])
     stream = build_stream(opts, name="generate")
     stream.start(a.prompt)
@@ -93,14 +104,20 @@ def cmd_generate(a: argparse.Namespace) -> int:
                 elapsed = time.perf_counter() - t0
                 print(
                     f"\r{frame.pts + 1}/{a.frames} frames  {(frame.pts + 1) / elapsed:6.1f} fps",
-                    end="", file=sys.stderr, flush=True,
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
                 )
     print(file=sys.stderr)
     s = stream.stats
     stream.close()
     log.info(
         "wrote %s: %d frames at %d fps, %.2fs, time to first frame %.3fs",
-        a.out, writer.frames_written, a.fps, time.perf_counter() - t0, s.time_to_first_frame or 0,
+        a.out,
+        writer.frames_written,
+        a.fps,
+        time.perf_counter() - t0,
+        s.time_to_first_frame or 0,
     )
     return 0
 
@@ -117,8 +134,11 @@ def cmd_info(a: argparse.Namespace) -> int:
     from models.wan.loader import count_parameters
 
     for name, cfg in PRESETS.items():
-        print(f"{name:12s} {count_parameters(cfg):>15,d} params  dim={cfg.dim} layers={cfg.num_layers} "
-              f"heads={cfg.num_heads} ffn={cfg.ffn_dim} text_dim={cfg.text_dim}")
+        print(
+            f"{name:12s} {count_parameters(cfg):>15,d} params  dim={cfg.dim} "
+            f"layers={cfg.num_layers} heads={cfg.num_heads} ffn={cfg.ffn_dim} "
+            f"text_dim={cfg.text_dim}"
+        )
     return 0
 
 
@@ -131,8 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     g.add_argument("--frames", type=int, default=48, help="video frames to write")
     g.add_argument("--out", type=Path, default=Path("out/clip.mp4"))
-    g.add_argument("--switch", type=_switch, action="append", metavar="FRAME:PROMPT",
-                   help="switch the prompt at a video frame (repeatable)")
+    g.add_argument(
+        "--switch",
+        type=_switch,
+        action="append",
+        metavar="FRAME:PROMPT",
+        help="switch the prompt at a video frame (repeatable)",
+    )
     g.add_argument("--switch-mode", choices=SWITCH_MODES, default="recache")
     add_model_arguments(g)
     g.set_defaults(func=cmd_generate)

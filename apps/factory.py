@@ -68,19 +68,6 @@ def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
     config = preset(opts.preset)
     if opts.dtype not in _DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(_DTYPES)}, got {opts.dtype!r}")
-    if opts.checkpoint is None:
-        log.warning(
-            "preset %r: no checkpoint given, using seeded random weights (output is "
-            "structured noise, not trained video)", opts.preset
-        )
-    model = build_model(
-        config,
-        checkpoint=opts.checkpoint,
-        device=opts.device,
-        dtype=_DTYPES[opts.dtype],
-        seed=opts.seed,
-        use_ema=opts.use_ema,
-    )
     encoder: PromptEncoder
     if opts.text_embeds is not None:
         encoder = PrecomputedPromptEncoder(opts.text_embeds)
@@ -92,6 +79,21 @@ def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
     else:
         log.warning("using the word-hashing prompt encoder (keys on words, not meaning)")
         encoder = HashingPromptEncoder(config.text_dim, config.text_len)
+    latent_hw = opts.latent_hw(config.patch_size)
+    if opts.checkpoint is None:
+        log.warning(
+            "preset %r: no checkpoint given, using seeded random weights (output is "
+            "structured noise, not trained video)",
+            opts.preset,
+        )
+    model = build_model(
+        config,
+        checkpoint=opts.checkpoint,
+        device=opts.device,
+        dtype=_DTYPES[opts.dtype],
+        seed=opts.seed,
+        use_ema=opts.use_ema,
+    )
     decoder = LatentPreviewDecoder(config.out_dim, device=opts.device)
     if opts.window is None:
         cache = CacheConfig.global_attention(max_frames=opts.max_frames, positions=opts.positions)
@@ -99,7 +101,7 @@ def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
         cache = CacheConfig.rolling_window(opts.sinks, opts.window, positions=opts.positions)
     stream_config = StreamConfig(
         block_frames=opts.block_frames,
-        latent_hw=opts.latent_hw(config.patch_size),
+        latent_hw=latent_hw,
         schedule=FlowSchedule(steps=opts.steps, shift=opts.shift, context_step=opts.context_step),
         cache=cache,
         fps=opts.fps,

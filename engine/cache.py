@@ -202,7 +202,9 @@ class KVCache:
             bufs.append(self.k_sink_raw)
         return sum(b.numel() * b.element_size() for b in bufs)
 
-    def plan(self, num_frames: int, *, commit: bool = False, frame_index: int | None = None) -> BlockPlan:
+    def plan(
+        self, num_frames: int, *, commit: bool = False, frame_index: int | None = None
+    ) -> BlockPlan:
         """Plan a forward over the next block (or the block at frame_index, for recache)."""
         c, tpf = self.config, self.tokens_per_frame
         bf = self.geometry.block_frames
@@ -270,7 +272,9 @@ class KVCache:
         self.k[layer, :, :, s0:s1] = k
         self.v[layer, :, :, s0:s1] = v
 
-    def commit_block(self, layer: int, plan: BlockPlan, k: Tensor, v: Tensor, k_raw: Tensor) -> None:
+    def commit_block(
+        self, layer: int, plan: BlockPlan, k: Tensor, v: Tensor, k_raw: Tensor
+    ) -> None:
         """Write a committing block's keys/values [B, H, n, D] (and un-rotated keys) to
         its kept slots. Call after attending, so the block does not see itself twice."""
         if plan.commit_start is None:
@@ -312,7 +316,7 @@ class KVCache:
     # ---- history edits (rare: prompt switches, rollbacks) ----
 
     def kept_frames(self) -> list[tuple[int, Tensor]]:
-        """Clean latents of the kept frames in temporal order, as (first frame index, [B,n,C,H,W])."""
+        """Clean latents of kept frames in temporal order: (first frame index, [B,n,C,H,W])."""
         c = self.config
         out: list[tuple[int, Tensor]] = []
         if self.sink_filled:

@@ -96,7 +96,12 @@ class Stream:
         noise: NoiseSource | None = None,
         name: str = "stream",
     ) -> None:
-        self.generator, self.decoder, self.encoder, self.config = generator, decoder, encoder, config
+        self.generator, self.decoder, self.encoder, self.config = (
+            generator,
+            decoder,
+            encoder,
+            config,
+        )
         self.name = name
         self._noise = noise
         self._loop: DenoisingLoop | None = None

@@ -14,9 +14,9 @@ from engine.media import VideoFrame
 class Mp4Writer:
     """Usage::
 
-        with Mp4Writer("clip.mp4", fps=16, width=128, height=128) as w:
-            for frame in stream.frames(64):
-                w.write(frame)
+    with Mp4Writer("clip.mp4", fps=16, width=128, height=128) as w:
+        for frame in stream.frames(64):
+            w.write(frame)
     """
 
     def __init__(
@@ -45,7 +45,9 @@ class Mp4Writer:
     def write(self, frame: VideoFrame) -> None:
         h, w = frame.data.shape[:2]
         if (w, h) != (self.stream.width, self.stream.height):
-            raise ValueError(f"frame is {w}x{h}, writer expects {self.stream.width}x{self.stream.height}")
+            raise ValueError(
+                f"frame is {w}x{h}, writer expects {self.stream.width}x{self.stream.height}"
+            )
         vf = av.VideoFrame.from_ndarray(frame.data, format="rgb24")
         vf.pts = frame.pts
         vf.time_base = frame.time_base

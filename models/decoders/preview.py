@@ -47,13 +47,13 @@ class LatentPreviewDecoder:
 
     def push(self, latents: Tensor) -> Tensor:
         assert latents.ndim == 5 and latents.shape[2] == self.weight.shape[1], f"{latents.shape=}"
-        b, f, _, h, w = latents.shape
+        b, f = latents.shape[:2]
         rgb = torch.einsum("oc,bfchw->bfohw", self.weight, latents.float())
         rgb = torch.sigmoid(2.0 * rgb)
         rgb = F.interpolate(rgb.flatten(0, 1), scale_factor=self.upscale, mode="bilinear")
         rgb = rgb.unflatten(0, (b, f))  # [B, F, 3, H, W]
         prev = rgb[:, 0] if self._last is None else self._last
-        out = []
+        out: list[Tensor] = []
         k = self.frames_per_latent
         for i in range(f):
             cur = rgb[:, i]

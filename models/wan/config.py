@@ -42,9 +42,7 @@ PRESETS: dict[str, WanConfig] = {
     # Wan2.1-T2V-14B.
     "wan2.1-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     # CPU presets for the embedded defaults and tests (text from a 384-d sentence encoder).
-    "tiny": WanConfig(
-        dim=192, ffn_dim=768, num_heads=4, num_layers=4, text_dim=384, text_len=32
-    ),
+    "tiny": WanConfig(dim=192, ffn_dim=768, num_heads=4, num_layers=4, text_dim=384, text_len=32),
     "nano": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=8),
 }
 

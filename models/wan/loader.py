@@ -103,10 +103,14 @@ class KeyReport:
         if self.unexpected:
             parts.append(f"{len(self.unexpected)} unexpected keys: {names(self.unexpected)}")
         if self.mismatched:
-            shapes = [f"{k} (checkpoint {list(a)} vs model {list(b)})" for k, a, b in self.mismatched]
+            shapes = [
+                f"{k} (checkpoint {list(a)} vs model {list(b)})" for k, a, b in self.mismatched
+            ]
             parts.append(f"{len(shapes)} shape mismatches: {names(shapes)}")
         if any(k.startswith("img_emb.") or ".k_img." in k for k in self.unexpected):
-            parts.append("hint: this looks like an image-to-video checkpoint; only t2v is supported")
+            parts.append(
+                "hint: this looks like an image-to-video checkpoint; only t2v is supported"
+            )
         return "; ".join(parts)
 
 

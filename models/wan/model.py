@@ -124,7 +124,9 @@ class WanAttentionBlock(nn.Module):
         self.norm1 = WanLayerNorm(c.dim, c.eps, elementwise_affine=False)
         self.self_attn = WanSelfAttention(c.dim, c.num_heads, c.qk_norm, c.eps)
         self.norm3: nn.Module = (
-            WanLayerNorm(c.dim, c.eps, elementwise_affine=True) if c.cross_attn_norm else nn.Identity()
+            WanLayerNorm(c.dim, c.eps, elementwise_affine=True)
+            if c.cross_attn_norm
+            else nn.Identity()
         )
         self.cross_attn = WanCrossAttention(c.dim, c.num_heads, c.qk_norm, c.eps)
         self.norm2 = WanLayerNorm(c.dim, c.eps, elementwise_affine=False)
@@ -147,8 +149,10 @@ class WanAttentionBlock(nn.Module):
 
         kv_only: stop once self-attention has run (a committing forward needs
         only the last layer's keys/values, not its output)."""
-        frames, dtype = e.shape[1], self.ffn[0].weight.dtype
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e).chunk(6, dim=2)
+        frames, dtype = e.shape[1], self.self_attn.q.weight.dtype
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e).chunk(
+            6, dim=2
+        )
         h = _modulate(self.norm1(x), shift1, scale1, frames).to(dtype)
         y = self.self_attn(h, cos, sin, attend)
         if kv_only:
@@ -182,7 +186,9 @@ def sinusoidal_embedding(dim: int, t: Tensor) -> Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
-def block_causal_mask(frames: int, tokens_per_frame: int, block_frames: int, device: torch.device) -> Tensor:
+def block_causal_mask(
+    frames: int, tokens_per_frame: int, block_frames: int, device: torch.device
+) -> Tensor:
     """Bool [N, N]: token i may attend to token j iff j's block is not after i's."""
     block = torch.arange(frames, device=device).div(block_frames, rounding_mode="floor")
     block = block.repeat_interleave(tokens_per_frame)
@@ -220,7 +226,9 @@ class CausalWanModel(nn.Module):
     def __init__(self, config: WanConfig) -> None:
         super().__init__()
         c = self.config = config
-        self.patch_embedding = nn.Conv3d(c.in_dim, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.patch_embedding = nn.Conv3d(
+            c.in_dim, c.dim, kernel_size=c.patch_size, stride=c.patch_size
+        )
         self.text_embedding = nn.Sequential(
             nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), nn.Linear(c.dim, c.dim)
         )
@@ -231,6 +239,10 @@ class CausalWanModel(nn.Module):
         self.blocks = nn.ModuleList([WanAttentionBlock(c) for _ in range(c.num_layers)])
         self.head = Head(c)
         self.rope = Rope3D(c.head_dim)
+
+    def layers(self) -> list[WanAttentionBlock]:
+        """The transformer blocks, typed (nn.ModuleList iterates as plain Modules)."""
+        return [b for b in self.blocks if isinstance(b, WanAttentionBlock)]
 
     # ---- protocol: engine.protocols.CausalGenerator ----
 
@@ -268,7 +280,13 @@ class CausalWanModel(nn.Module):
         )
         kv = KVCache(geometry, config, self.rope, dtype=self.dtype, device=self.device)
         cross = CrossAttentionCache(
-            c.num_layers, batch, c.num_heads, c.text_len, c.head_dim, dtype=self.dtype, device=self.device
+            c.num_layers,
+            batch,
+            c.num_heads,
+            c.text_len,
+            c.head_dim,
+            dtype=self.dtype,
+            device=self.device,
         )
         return kv, cross
 
@@ -292,10 +310,12 @@ class CausalWanModel(nn.Module):
             self.fill_cross_cache(context, cross)
         cos, sin = self.rope.cos_sin(plan.positions, h, w)
         last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.layers()):
             kv_only = plan.commit and i == last
             cross_kv = (cross.k[i], cross.v[i])
-            tokens = block(tokens, e0, cos, sin, cross_kv, _CachedSelfAttend(cache, plan, i), kv_only)
+            tokens = block(
+                tokens, e0, cos, sin, cross_kv, _CachedSelfAttend(cache, plan, i), kv_only
+            )
         if plan.commit:
             return tokens.new_empty(0)
         return self.unpatchify(self.head(tokens, e), x.shape[1], h, w)
@@ -327,7 +347,7 @@ class CausalWanModel(nn.Module):
             )
             return y.transpose(1, 2)
 
-        for block in self.blocks:
+        for block in self.layers():
             tokens = block(tokens, e0, cos, sin, block.cross_attn.context_kv(ctx), attend)
         return self.unpatchify(self.head(tokens, e), frames, h, w)
 
@@ -353,14 +373,16 @@ class CausalWanModel(nn.Module):
         c = self.config
         assert context.ndim == 3 and context.shape[2] == c.text_dim, f"{context.shape=}"
         if context.shape[1] > c.text_len:
-            raise ValueError(f"prompt has {context.shape[1]} tokens, more than text_len={c.text_len}")
+            raise ValueError(
+                f"prompt has {context.shape[1]} tokens, more than text_len={c.text_len}"
+            )
         context = F.pad(context, (0, 0, 0, c.text_len - context.shape[1]))
         return self.text_embedding(context.to(self.dtype))
 
     @torch.inference_mode()
     def fill_cross_cache(self, context: Tensor, cross: CrossAttentionCache) -> None:
         ctx = self.embed_text(context)
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.layers()):
             k, v = block.cross_attn.context_kv(ctx)
             cross.k[i].copy_(k)
             cross.v[i].copy_(v)
@@ -384,23 +406,24 @@ class CausalWanModel(nn.Module):
             with torch.no_grad():
                 p.copy_(fn(torch.empty(p.shape, dtype=torch.float32)).to(p.dtype))
 
+        def xavier(p: Tensor, fan_in: int, fan_out: int) -> None:
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            fill(p, lambda t: t.uniform_(-bound, bound, generator=g))
+
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                fan_out, fan_in = m.weight.shape
-                bound = math.sqrt(6.0 / (fan_in + fan_out))
-                fill(m.weight, lambda t, b=bound: t.uniform_(-b, b, generator=g))
+                xavier(m.weight, m.in_features, m.out_features)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         pw = self.patch_embedding.weight
-        fan_in, fan_out = pw[0].numel(), pw.shape[0]
-        bound = math.sqrt(6.0 / (fan_in + fan_out))
-        fill(pw, lambda t: t.uniform_(-bound, bound, generator=g))
+        xavier(pw, pw[0].numel(), pw.shape[0])
+        assert self.patch_embedding.bias is not None
         nn.init.zeros_(self.patch_embedding.bias)
         for seq in (self.text_embedding, self.time_embedding):
             for m in seq.modules():
                 if isinstance(m, nn.Linear):
                     fill(m.weight, lambda t: t.normal_(0.0, 0.02, generator=g))
-        for mod in [b.modulation for b in self.blocks] + [self.head.modulation]:
+        for mod in [b.modulation for b in self.layers()] + [self.head.modulation]:
             fill(mod, lambda t: t.normal_(0.0, 1.0, generator=g) / self.config.dim**0.5)
         if zero_head:
             nn.init.zeros_(self.head.head.weight)

@@ -12,7 +12,11 @@ from models.wan.model import CausalWanModel
 
 def make_cache(config: CacheConfig, block_frames: int = 1) -> KVCache:
     g = CacheGeometry(
-        num_layers=2, num_heads=2, head_dim=12, grid_hw=(2, 2), latent_shape=(4, 2, 2),
+        num_layers=2,
+        num_heads=2,
+        head_dim=12,
+        grid_hw=(2, 2),
+        latent_shape=(4, 2, 2),
         block_frames=block_frames,
     )
     return KVCache(g, config, Rope3D(12))

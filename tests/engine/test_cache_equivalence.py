@@ -42,7 +42,9 @@ def test_cached_blocks_equal_full_sequence_forward(tiny: CausalWanModel, block_f
     ctx = torch.randn(1, 7, tiny.config.text_dim)
     reference = tiny(x, t, ctx, block_frames=block_frames)
 
-    cache, cross = tiny.new_caches(hw, block_frames, CacheConfig.global_attention(max_frames=frames))
+    cache, cross = tiny.new_caches(
+        hw, block_frames, CacheConfig.global_attention(max_frames=frames)
+    )
     flows = []
     for b in range(blocks):
         s = slice(b * block_frames, (b + 1) * block_frames)
@@ -96,7 +98,9 @@ class NaiveRollingReference:
                     kr = torch.cat([self.k[i][f] for f in kept], dim=2)
                     ks.insert(0, apply_rope(kr, ccos.squeeze(1), csin.squeeze(1)))
                     vs.insert(0, torch.cat([self.v[i][f] for f in kept], dim=2))
-                y = F.scaled_dot_product_attention(q.transpose(1, 2), torch.cat(ks, 2), torch.cat(vs, 2))
+                y = F.scaled_dot_product_attention(
+                    q.transpose(1, 2), torch.cat(ks, 2), torch.cat(vs, 2)
+                )
                 new_k.append(k_raw.transpose(1, 2))
                 new_v.append(v.transpose(1, 2))
                 return y.transpose(1, 2)
