@@ -39,17 +39,29 @@ class Rope3D:
         self.head_dim = head_dim
         self.split = wan_rope_split(head_dim)
         # One inverse-frequency vector per axis, each normalised by its own dim
-        # (Wan's rope_params(1024, dim_axis)).
+        # (Wan's rope_params(1024, dim_axis)). Built on the CPU explicitly: models are
+        # constructed under torch.device("meta") for loading, and these are not buffers.
+        cpu = torch.device("cpu")
         self.inv_freq = [
-            1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d) for d in self.split
+            1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=cpu) / d)
+            for d in self.split
         ]
+        self._temporal: dict[str, Tensor] = {}
         self._spatial: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
+
+    def _temporal_freq(self, device: torch.device) -> Tensor:
+        """Per-device copy, so the hot path never copies from the host."""
+        key = str(device)
+        if key not in self._temporal:
+            self._temporal[key] = self.inv_freq[0].to(device)
+        return self._temporal[key]
 
     def _spatial_angles(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
         key = (h, w, str(device))
         if key not in self._spatial:
-            ah = torch.outer(torch.arange(h, dtype=torch.float64), self.inv_freq[1])
-            aw = torch.outer(torch.arange(w, dtype=torch.float64), self.inv_freq[2])
+            cpu = torch.device("cpu")
+            ah = torch.outer(torch.arange(h, dtype=torch.float64, device=cpu), self.inv_freq[1])
+            aw = torch.outer(torch.arange(w, dtype=torch.float64, device=cpu), self.inv_freq[2])
             self._spatial[key] = (ah.to(device), aw.to(device))
         return self._spatial[key]
 
@@ -61,7 +73,7 @@ class Rope3D:
         assert frame_positions.ndim == 1, f"{frame_positions.shape=}"
         device = frame_positions.device
         f = frame_positions.shape[0]
-        at = torch.outer(frame_positions.to(torch.float64), self.inv_freq[0].to(device))
+        at = torch.outer(frame_positions.to(torch.float64), self._temporal_freq(device))
         ah, aw = self._spatial_angles(h, w, device)
         angles = torch.cat(
             [

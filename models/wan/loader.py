@@ -40,13 +40,20 @@ def _is_state_dict(obj: object) -> bool:
 def unwrap_state_dict(obj: object, *, use_ema: bool = False) -> dict[str, Tensor]:
     """Find the DiT state dict inside a checkpoint object and normalise its keys."""
     if isinstance(obj, dict) and not _is_state_dict(obj):
-        order = ("generator_ema", *_WRAPPERS) if use_ema else _WRAPPERS
-        for key in order:
+        if use_ema:
+            if not isinstance(obj.get("generator_ema"), dict):
+                raise CheckpointError(
+                    f"--ema asks for 'generator_ema', but the checkpoint's top-level keys are "
+                    f"{sorted(obj)[:20]}; drop --ema to load the non-EMA weights"
+                )
+            return unwrap_state_dict(obj["generator_ema"])
+        for key in _WRAPPERS:
             if key in obj and isinstance(obj[key], dict):
                 log.info("using checkpoint entry %r", key)
-                return unwrap_state_dict(obj[key], use_ema=use_ema)
-        if use_ema:
-            raise CheckpointError(f"no 'generator_ema' entry; top-level keys: {sorted(obj)[:20]}")
+                return unwrap_state_dict(obj[key])
+        if isinstance(obj.get("generator_ema"), dict):
+            log.warning("checkpoint has only EMA weights ('generator_ema'); loading those")
+            return unwrap_state_dict(obj["generator_ema"])
         raise CheckpointError(
             f"no state dict found; top-level keys are {sorted(obj)[:20]} (expected tensors, or "
             f"one of {('generator_ema', *_WRAPPERS)})"
@@ -59,9 +66,14 @@ def unwrap_state_dict(obj: object, *, use_ema: bool = False) -> dict[str, Tensor
         for infix in _INFIXES:
             key = key.replace(infix, "")
         out[key] = value
-    for prefix in _PREFIXES:
-        if all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix) :]: v for k, v in out.items()}
+    # Wrappers nest (e.g. DDP around the diffusion wrapper: "module.model."): strip until stable.
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if all(k.startswith(prefix) for k in out):
+                out = {k[len(prefix) :]: v for k, v in out.items()}
+                stripped = True
     return out
 
 
