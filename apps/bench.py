@@ -106,7 +106,16 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--warmup-blocks",
         type=int,
         default=None,
-        help=f"blocks left out of steady-state stats (default: window fill + {EXTRA_WARMUP_BLOCKS})",
+        help="blocks left out of steady-state stats "
+        f"(default: window fill + {EXTRA_WARMUP_BLOCKS})",
+    )
+    b.add_argument(
+        "--paired-blocks",
+        type=int,
+        default=None,
+        help="after the stream, interleave this many blocks of the aged stream with a fresh "
+        "stream's first blocks, so that age is compared under the same machine conditions "
+        "(default: --compare-blocks; 0 = skip)",
     )
     b.add_argument(
         "--compare-blocks",
@@ -179,30 +188,98 @@ def block_stats(times_s: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _window_mean(times_s: Sequence[float], start: int, end: int) -> dict[str, Any]:
-    a = np.asarray(times_s[start:end], dtype=np.float64) * 1e3
-    return {"blocks": [start, end], "mean_ms": float(a.mean()), "median_ms": float(np.median(a))}
+def _machine_busy_s() -> float:
+    """CPU seconds all cores of the machine have spent busy (any process), from /proc/stat."""
+    ct = psutil.cpu_times()
+    busy = ct.user + ct.system + getattr(ct, "nice", 0.0)
+    for extra in ("irq", "softirq", "steal"):
+        busy += getattr(ct, extra, 0.0)
+    return float(busy)
 
 
-def _drift(times_s: Sequence[float], compare: int, warmup: int) -> dict[str, Any]:
+class BlockClock:
+    """Per-block wall time, plus what else the machine was doing meanwhile.
+
+    For each block it records wall time, this process's CPU time (all its threads)
+    and the machine's busy CPU time (all processes). Over a window of blocks,
+    ``(machine busy - own CPU) / wall`` is how many cores other processes kept busy:
+    the honest way to tell a slowdown of the stream from a noisy neighbour.
+    """
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.busy: list[float] = []
+        self._t0 = self._cpu0 = self._busy0 = 0.0
+
+    def start(self) -> float:
+        self._busy0 = _machine_busy_s()
+        self._cpu0 = time.process_time()
+        self._t0 = time.perf_counter()
+        return self._t0
+
+    def stop(self) -> float:
+        t1 = time.perf_counter()
+        self.wall.append(t1 - self._t0)
+        self.cpu.append(time.process_time() - self._cpu0)
+        self.busy.append(_machine_busy_s() - self._busy0)
+        return t1
+
+    def __len__(self) -> int:
+        return len(self.wall)
+
+    def recent_ms(self, n: int) -> float:
+        recent = self.wall[-n:]
+        return 1e3 * sum(recent) / len(recent)
+
+    def window(self, start: int, end: int) -> dict[str, Any]:
+        """Mean/median block time over blocks [start, end), with CPU time and neighbour load."""
+        a = np.asarray(self.wall[start:end], dtype=np.float64)
+        own = float(np.sum(self.cpu[start:end]))
+        machine = float(np.sum(self.busy[start:end]))
+        return {
+            "blocks": [start, end],
+            "count": len(a),
+            "mean_ms": float(a.mean() * 1e3),
+            "median_ms": float(np.median(a) * 1e3),
+            "cpu_mean_ms": 1e3 * own / len(a),
+            "other_processes_cores_busy": max(0.0, machine - own) / float(a.sum()),
+        }
+
+    def times_ms(self) -> list[float]:
+        return [round(1e3 * t, 4) for t in self.wall]
+
+    def other_cores_busy(self) -> list[float]:
+        """Per block: cores other processes kept busy (coarse: /proc/stat counts 10 ms ticks)."""
+        return [
+            round(max(0.0, b - c) / w, 2)
+            for w, c, b in zip(self.wall, self.cpu, self.busy, strict=True)
+        ]
+
+
+def _drift(clock: BlockClock, compare: int, warmup: int, block_frames: int) -> dict[str, Any]:
     """First vs last ``compare`` blocks; also with the warm-up blocks left out of the first."""
-    n = len(times_s)
-    first = _window_mean(times_s, 0, compare)
-    last = _window_mean(times_s, n - compare, n)
+    n, bf = len(clock), block_frames
+    first = clock.window(0, compare)
+    last = clock.window(n - compare, n)
     out: dict[str, Any] = {
         "definition": (
-            f"mean per-block time over blocks [{n - compare}, {n}) divided by that over blocks "
-            f"[0, {compare}) (blocks, not frames: a block is {{block_frames}} latent frames, "
-            f"so these are latent frames [0, {{f0}}) vs [{{f1}}, {{f2}}))"
+            f"mean per-block wall time over blocks [{n - compare}, {n}) divided by that over "
+            f"blocks [0, {compare}). Defined on blocks, not frames: a block is {bf} latent "
+            f"frames, so these are latent frames [0, {compare * bf}) vs "
+            f"[{(n - compare) * bf}, {n * bf}). cpu_ratio: the same on this process's CPU time "
+            "per block (a hint only: threads spin-waiting for a descheduled peer burn CPU too). "
+            "other_processes_cores_busy > ~0.05 in a window means it shared the CPU."
         ),
         "first": first,
         "last": last,
         "ratio_last_over_first": last["mean_ms"] / first["mean_ms"],
         "median_ratio_last_over_first": last["median_ms"] / first["median_ms"],
+        "cpu_ratio_last_over_first": last["cpu_mean_ms"] / first["cpu_mean_ms"],
     }
     out["within_10pct"] = abs(out["ratio_last_over_first"] - 1.0) <= 0.10
     if warmup < compare:
-        first_w = _window_mean(times_s, warmup, compare)
+        first_w = clock.window(warmup, compare)
         out["first_excluding_warmup"] = first_w
         out["ratio_last_over_first_excluding_warmup"] = last["mean_ms"] / first_w["mean_ms"]
         out["within_10pct_excluding_warmup"] = (
@@ -218,6 +295,59 @@ def _progress_every(n: int) -> int:
     return max(1, round(n / 10))
 
 
+def _segments(times_s: Sequence[float], n: int) -> list[float]:
+    """Mean block time (ms) of n consecutive, equal parts of the run."""
+    parts = np.array_split(np.asarray(times_s, dtype=np.float64), min(n, len(times_s)))
+    return [round(float(p.mean() * 1e3), 3) for p in parts]
+
+
+def _trend_ms_per_1000(times_s: Sequence[float], warmup: int) -> float:
+    """Least-squares slope of block time against block index over the steady state."""
+    y = np.asarray(times_s[warmup:], dtype=np.float64) * 1e3
+    if len(y) < 2:
+        return 0.0
+    x = np.arange(warmup, warmup + len(y), dtype=np.float64)
+    return float(np.polyfit(x, y, 1)[0] * 1000)
+
+
+def _paired(
+    aged: DenoisingLoop, fresh: DenoisingLoop, blocks: int, warmup: int, age: int
+) -> dict[str, Any]:
+    """Alternate blocks of an aged stream and a fresh one (alternating which goes first), so
+    that both see the same machine conditions: a difference is then the stream's age."""
+    device = aged.model.device
+    clocks = {"aged": BlockClock(), "fresh": BlockClock()}
+    for i in range(blocks):
+        order = ("fresh", "aged") if i % 2 == 0 else ("aged", "fresh")
+        for name in order:
+            loop = fresh if name == "fresh" else aged
+            clocks[name].start()
+            loop.next_block()
+            _sync(device)  # CUDA sync: the block's latents are ready when the clock is read
+            clocks[name].stop()
+    aged_w, fresh_w = clocks["aged"].window(0, blocks), clocks["fresh"].window(0, blocks)
+    aged_w["blocks"] = [age, age + blocks]
+    out: dict[str, Any] = {
+        "definition": (
+            f"blocks [0, {blocks}) of a fresh stream interleaved block by block with blocks "
+            f"[{age}, {age + blocks}) of the stream that has run {age} blocks; ratio = aged mean "
+            "block time / fresh mean block time. Same model, window and machine conditions, "
+            "so machine speed drifts cancel and only the stream's age differs."
+        ),
+        "fresh": fresh_w,
+        "aged": aged_w,
+        "ratio_aged_over_fresh": aged_w["mean_ms"] / fresh_w["mean_ms"],
+        "median_ratio_aged_over_fresh": aged_w["median_ms"] / fresh_w["median_ms"],
+    }
+    out["within_10pct"] = abs(out["ratio_aged_over_fresh"] - 1.0) <= 0.10
+    if warmup < blocks:
+        a, f = clocks["aged"].window(warmup, blocks), clocks["fresh"].window(warmup, blocks)
+        a["blocks"] = [age + warmup, age + blocks]
+        out["fresh_excluding_warmup"], out["aged_same_slots"] = f, a
+        out["ratio_aged_over_fresh_excluding_warmup"] = a["mean_ms"] / f["mean_ms"]
+    return out
+
+
 def run_cached(
     model: CausalWanModel,
     schedule: FlowSchedule,
@@ -229,10 +359,13 @@ def run_cached(
     warmup: int,
     fill_blocks: int,
     compare: int,
+    paired: int,
     seed: int,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], DenoisingLoop]:
+    """Stream ``blocks`` blocks with the rolling cache; returns the results and the loop
+    (still running, so that later measurements can continue the aged stream)."""
     device = model.device
-    times: list[float] = []
+    clock = BlockClock()
     every = _progress_every(blocks)
     fill: dict[str, Any] = {}
     rss_warm = 0
@@ -243,11 +376,10 @@ def run_cached(
         loop.set_context(context)
         ttff = math.nan
         for i in range(blocks):
-            t0 = time.perf_counter()
+            clock.start()
             loop.next_block()
             _sync(device)  # CUDA sync: the block's latents are ready when the clock is read
-            t1 = time.perf_counter()
-            times.append(t1 - t0)
+            t1 = clock.stop()
             if i == 0:
                 ttff = t1 - t_start
             if i + 1 == fill_blocks:
@@ -255,23 +387,27 @@ def run_cached(
             if i + 1 == warmup:
                 rss_warm = _rss()
             if (i + 1) % every == 0 or i + 1 == blocks:
-                recent = times[-every:]
-                ms = 1e3 * sum(recent) / len(recent)
+                ms = clock.recent_ms(every)
+                load = clock.window(max(0, i + 1 - every), i + 1)["other_processes_cores_busy"]
                 _log(
                     f"  cached block {i + 1}/{blocks}: {ms:.1f} ms/block over the last "
-                    f"{len(recent)}, {loop_config.block_frames * 1e3 / ms:.1f} latent frames/s, "
-                    f"RSS {_rss() / 2**20:.0f} MiB"
+                    f"{min(every, i + 1)}, {loop_config.block_frames * 1e3 / ms:.1f} latent "
+                    f"frames/s, RSS {_rss() / 2**20:.0f} MiB, other processes {load:.2f} cores"
                 )
         end = _cache_sample(loop)
         rss_end = _rss()
-    steady = times[warmup:]
+        paired_result = None
+        if paired:
+            _log(f"paired: {paired} blocks of this stream interleaved with a fresh stream's first")
+            fresh = DenoisingLoop(
+                model, schedule, loop_config, cache_config, SeededNoise(seed + 1, device)
+            )
+            fresh.set_context(context)
+            paired_result = _paired(loop, fresh, paired, warmup, blocks)
+    steady = clock.wall[warmup:]
     bf = loop_config.block_frames
     latent_fps = bf * len(steady) / sum(steady)
-    drift = _drift(times, compare, warmup)
-    drift["definition"] = drift["definition"].format(
-        block_frames=bf, f0=compare * bf, f1=(blocks - compare) * bf, f2=blocks * bf
-    )
-    return {
+    result = {
         "ttff_ms": 1e3 * ttff,
         "ttff_definition": (
             "loop construction (cache allocation) + prompt cache fill + first block, until its "
@@ -283,6 +419,10 @@ def run_cached(
             "latent_fps": latent_fps,
             "video_fps": VIDEO_FRAMES_PER_LATENT * latent_fps,
             **block_stats(steady),
+            "cpu_mean_ms": clock.window(warmup, blocks)["cpu_mean_ms"],
+            "other_processes_cores_busy": clock.window(warmup, blocks)[
+                "other_processes_cores_busy"
+            ],
         },
         "cache": {
             "after_window_fill": fill,
@@ -290,14 +430,19 @@ def run_cached(
             "bytes_equal": fill.get("bytes") == end["bytes"],
             "buffers_not_reallocated": fill.get("data_ptrs") == end["data_ptrs"],
         },
-        "first_vs_last": drift,
+        "first_vs_last": _drift(clock, compare, warmup, bf),
+        "segments_mean_ms": _segments(clock.wall[warmup:], 10),
+        "trend_ms_per_1000_blocks": _trend_ms_per_1000(clock.wall, warmup),
+        "paired_fresh_vs_aged": paired_result,
         "rss": {
             "after_warmup_bytes": rss_warm,
             "end_bytes": rss_end,
             "growth_pct": 100.0 * (rss_end - rss_warm) / rss_warm if rss_warm else math.nan,
         },
-        "block_times_ms": [round(1e3 * t, 4) for t in times],
+        "block_times_ms": clock.times_ms(),
+        "block_other_processes_cores_busy": clock.other_cores_busy(),
     }
+    return result, loop
 
 
 def _cache_sample(loop: DenoisingLoop) -> dict[str, Any]:
@@ -315,6 +460,63 @@ def _cache_sample(loop: DenoisingLoop) -> dict[str, Any]:
     }
 
 
+class NaiveStream:
+    """The no-KV-cache baseline: every denoising step reruns the block-causal full-sequence
+    forward over [sinks, last W frames, noisy block] and keeps the block's flow.
+
+    Same schedule and re-noising as DenoisingLoop; the kept frames are stored at the
+    context noise level (as the loop's commit does) and fed at timestep 1000*context_sigma.
+    Positions are 0..n-1, which is what the cache's relative positions amount to.
+    """
+
+    def __init__(
+        self,
+        model: CausalWanModel,
+        schedule: FlowSchedule,
+        loop_config: LoopConfig,
+        cache_config: CacheConfig,
+        context: Tensor,
+        noise: Callable[[tuple[int, ...]], Tensor],
+    ) -> None:
+        self.model, self.schedule, self.context, self.noise = model, schedule, context, noise
+        self.batch, self.bf = loop_config.batch, loop_config.block_frames
+        self.shape = (self.batch, self.bf, model.latent_channels, *loop_config.latent_hw)
+        self.sink_frames, self.window_frames = cache_config.sink_frames, cache_config.ring_frames
+        self.sinks: Tensor | None = None
+        self.window: Tensor | None = None
+
+    @property
+    def context_frames(self) -> int:
+        return sum(t.shape[1] for t in (self.sinks, self.window) if t is not None)
+
+    @torch.inference_mode()
+    def next_block(self) -> Tensor:
+        s, device, bf = self.schedule, self.model.device, self.bf
+        kept = [t for t in (self.sinks, self.window) if t is not None]
+        ctx_x = torch.cat(kept, dim=1) if kept else None
+        n_ctx = 0 if ctx_x is None else ctx_x.shape[1]
+        t_ctx = torch.full((self.batch, n_ctx), 1000.0 * s.context_sigma, device=device)
+        x = self.noise(self.shape)
+        x0 = x
+        for j, (t, sigma) in enumerate(zip(s.timesteps, s.sigmas, strict=True)):
+            seq = x if ctx_x is None else torch.cat([ctx_x, x], dim=1)
+            ts = torch.cat([t_ctx, torch.full((self.batch, bf), t, device=device)], dim=1)
+            flow = self.model(seq, ts, self.context, block_frames=bf)[:, n_ctx:]
+            x0 = x - sigma * flow
+            if j + 1 < len(s.steps):
+                x = add_noise(x0, self.noise(self.shape), s.sigmas[j + 1])
+        kept_x = x0
+        if s.context_sigma > 0:
+            kept_x = add_noise(x0, self.noise(tuple(x0.shape)), s.context_sigma)
+        n_sinks = 0 if self.sinks is None else self.sinks.shape[1]
+        if n_sinks < self.sink_frames:
+            self.sinks = kept_x if self.sinks is None else torch.cat([self.sinks, kept_x], dim=1)
+        else:
+            w = kept_x if self.window is None else torch.cat([self.window, kept_x], dim=1)
+            self.window = w[:, -self.window_frames :]
+        return x0
+
+
 def run_baseline(
     model: CausalWanModel,
     schedule: FlowSchedule,
@@ -325,60 +527,45 @@ def run_baseline(
     blocks: int,
     warmup: int,
     seed: int,
+    interleave: DenoisingLoop | None = None,
 ) -> dict[str, Any]:
-    """No KV cache: each step recomputes [sinks, last W frames, noisy block] with the
-    block-causal full-sequence forward and keeps the block's flow.
-
-    Same schedule and re-noising as DenoisingLoop; the kept frames are stored at the
-    context noise level (as the loop's commit does) and fed at timestep 1000*context_sigma.
-    Positions are 0..n-1, which is what the cache's relative positions amount to.
-    """
+    """Stream ``blocks`` blocks without a KV cache. With ``interleave`` (a cached stream
+    whose window is full), one cached block is timed after or before each baseline block
+    (alternating), so the speed-up can also be read under identical machine conditions."""
     device, bf = model.device, loop_config.block_frames
-    noise: Callable[[tuple[int, ...]], Tensor] = SeededNoise(seed, device)
-    shape = (loop_config.batch, bf, model.latent_channels, *loop_config.latent_hw)
-    sinks: Tensor | None = None
-    window: Tensor | None = None
-    s = schedule
-    times: list[float] = []
+    naive = NaiveStream(
+        model, schedule, loop_config, cache_config, context, SeededNoise(seed, device)
+    )
+    clock, cached_clock = BlockClock(), BlockClock()
+
+    def cached_block() -> None:
+        assert interleave is not None
+        cached_clock.start()
+        interleave.next_block()
+        _sync(device)  # CUDA sync: the block's latents are ready when the clock is read
+        cached_clock.stop()
+
     every = _progress_every(blocks)
     with torch.inference_mode():
         for i in range(blocks):
+            if interleave is not None and i % 2:
+                cached_block()
+            n_ctx = naive.context_frames
             _sync(device)
-            t0 = time.perf_counter()
-            kept = [t for t in (sinks, window) if t is not None]
-            ctx_x = torch.cat(kept, dim=1) if kept else None
-            n_ctx = 0 if ctx_x is None else ctx_x.shape[1]
-            t_ctx = torch.full((loop_config.batch, n_ctx), 1000.0 * s.context_sigma, device=device)
-            x = noise(shape)
-            x0 = x
-            for j, (t, sigma) in enumerate(zip(s.timesteps, s.sigmas, strict=True)):
-                seq = x if ctx_x is None else torch.cat([ctx_x, x], dim=1)
-                ts = torch.cat(
-                    [t_ctx, torch.full((loop_config.batch, bf), t, device=device)], dim=1
-                )
-                flow = model(seq, ts, context, block_frames=bf)[:, n_ctx:]
-                x0 = x - sigma * flow
-                if j + 1 < len(s.steps):
-                    x = add_noise(x0, noise(shape), s.sigmas[j + 1])
-            kept_x = x0
-            if s.context_sigma > 0:
-                kept_x = add_noise(x0, noise(tuple(x0.shape)), s.context_sigma)
-            if sinks is None or sinks.shape[1] < cache_config.sink_frames:
-                sinks = kept_x if sinks is None else torch.cat([sinks, kept_x], dim=1)
-            else:
-                window = kept_x if window is None else torch.cat([window, kept_x], dim=1)
-                window = window[:, -cache_config.ring_frames :]
+            clock.start()
+            naive.next_block()
             _sync(device)  # CUDA sync: the block's latents are ready when the clock is read
-            times.append(time.perf_counter() - t0)
+            clock.stop()
+            if interleave is not None and not i % 2:
+                cached_block()
             if (i + 1) % every == 0 or i + 1 == blocks:
-                recent = times[-every:]
-                ms = 1e3 * sum(recent) / len(recent)
+                ms = clock.recent_ms(every)
                 _log(
                     f"  baseline block {i + 1}/{blocks}: {ms:.1f} ms/block, context {n_ctx} frames"
                 )
-    steady = times[warmup:]
+    steady = clock.wall[warmup:]
     latent_fps = bf * len(steady) / sum(steady)
-    return {
+    out: dict[str, Any] = {
         "warmup_blocks": warmup,
         "steady_state": {
             "blocks": [warmup, blocks],
@@ -386,9 +573,27 @@ def run_baseline(
             "latent_fps": latent_fps,
             "video_fps": VIDEO_FRAMES_PER_LATENT * latent_fps,
             **block_stats(steady),
+            "cpu_mean_ms": clock.window(warmup, blocks)["cpu_mean_ms"],
+            "other_processes_cores_busy": clock.window(warmup, blocks)[
+                "other_processes_cores_busy"
+            ],
         },
-        "block_times_ms": [round(1e3 * t, 4) for t in times],
+        "block_times_ms": clock.times_ms(),
+        "interleaved_cached": None,
     }
+    if interleave is not None:
+        w = cached_clock.window(warmup, blocks)
+        w["blocks"] = [interleave.blocks_done - blocks + warmup, interleave.blocks_done]
+        out["interleaved_cached"] = {
+            "definition": (
+                "one cached block (the same long stream, window full) timed right before or "
+                "after each baseline block, alternating; stats over the baseline's steady-state "
+                "slots"
+            ),
+            **w,
+            "speedup": out["steady_state"]["mean_ms"] / w["mean_ms"],
+        }
+    return out
 
 
 # ---- driver ----
@@ -417,7 +622,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     loop_config = LoopConfig(block_frames=bf, latent_hw=(args.latent_hw[0], args.latent_hw[1]))
     if args.sinks % bf or args.window % bf:
         raise ValueError(
-            f"--sinks ({args.sinks}) and --window ({args.window}) must be multiples of --block-frames ({bf})"
+            f"--sinks ({args.sinks}) and --window ({args.window}) must be multiples of "
+            f"--block-frames ({bf})"
         )
     fill_blocks = (args.sinks + args.window) // bf
     warmup = fill_blocks + EXTRA_WARMUP_BLOCKS if args.warmup_blocks is None else args.warmup_blocks
@@ -426,6 +632,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.blocks < fill_blocks:
         raise ValueError(f"--blocks ({args.blocks}) must be >= {fill_blocks} to fill the window")
     compare = min(args.compare_blocks, args.blocks // 2)
+    paired = compare if args.paired_blocks is None else args.paired_blocks
+    if paired < 0:
+        raise ValueError(f"--paired-blocks must be >= 0, got {paired}")
     if compare < 1:
         raise ValueError("--compare-blocks and --blocks must allow at least one block per window")
     base_warmup = fill_blocks + BASELINE_EXTRA_WARMUP_BLOCKS
@@ -448,6 +657,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "cpu_count": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
     }
     config = {
         "preset": args.preset,
@@ -475,6 +685,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "window_fill_blocks": fill_blocks,
         "warmup_blocks": warmup,
         "compare_blocks": compare,
+        "paired_blocks": paired,
         "baseline_blocks": None if args.no_baseline else args.baseline_blocks,
         "baseline_warmup_blocks": None if args.no_baseline else base_warmup,
         "forwards_per_block": len(schedule.steps) + 1,
@@ -490,7 +701,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     context = torch.randn(1, wan.text_len, wan.text_dim, generator=gen).to(device)
 
     _log(f"cached run: {args.blocks} blocks, window {args.sinks} sinks + {args.window} frames")
-    cached = run_cached(
+    cached, loop = run_cached(
         model,
         schedule,
         loop_config,
@@ -500,6 +711,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         warmup=warmup,
         fill_blocks=fill_blocks,
         compare=compare,
+        paired=paired,
         seed=args.seed,
     )
 
@@ -516,9 +728,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             blocks=args.baseline_blocks,
             warmup=base_warmup,
             seed=args.seed,
+            interleave=loop,
         )
         speedup = baseline["steady_state"]["mean_ms"] / cached["steady_state"]["mean_ms"]
 
+    env["load_average_at_end"] = list(os.getloadavg())
     if device.type == "cuda":
         env["cuda_max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
 
@@ -537,7 +751,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "timing": (
                 "wall clock (time.perf_counter) per block; on CUDA synchronised after every "
                 "block. Steady state = blocks after the warm-up (window fill + "
-                f"{EXTRA_WARMUP_BLOCKS} blocks)."
+                f"{EXTRA_WARMUP_BLOCKS} blocks). cpu_mean_ms is this process's CPU time per "
+                "block (all threads); other_processes_cores_busy is the machine's busy CPU time "
+                "not spent by this process, per second of wall time: values well above 0 mean "
+                "the timings shared the CPU with other work."
             ),
             "video_fps": (
                 f"{VIDEO_FRAMES_PER_LATENT} video frames per latent frame (Wan VAE / TAEHV "
@@ -548,9 +765,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "over [sinks + last window frames, noisy block] and keeps the block's flow; same "
                 "schedule, re-noising and window as the cached run"
             ),
-            "speedup": "baseline steady-state mean block time / cached steady-state mean block time",
+            "speedup": (
+                "speedup_vs_baseline = baseline steady-state mean block time / cached "
+                "steady-state mean block time (two runs a minute or more apart); "
+                "baseline.interleaved_cached.speedup = the same against cached blocks timed "
+                "alternately with the baseline's, which cancels machine speed drift"
+            ),
         },
         "results": {
+            "acceptance": _acceptance(cached),
             "cached": cached,
             "baseline": baseline,
             "speedup_vs_baseline": speedup,
@@ -565,6 +788,27 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _acceptance(cached: dict[str, Any]) -> dict[str, Any]:
+    """The no-slowdown target in one place: raw first/last and the paired (interleaved) ratio."""
+    drift, paired = cached["first_vs_last"], cached["paired_fresh_vs_aged"]
+    seg = np.asarray(cached["segments_mean_ms"], dtype=np.float64)
+    out: dict[str, Any] = {
+        "target": "per-block time late in the stream within 10% of the first blocks",
+        "raw_first_vs_last_ratio": drift["ratio_last_over_first"],
+        "raw_within_10pct": drift["within_10pct"],
+        "paired_aged_vs_fresh_ratio": None if paired is None else paired["ratio_aged_over_fresh"],
+        "paired_within_10pct": None if paired is None else paired["within_10pct"],
+        "segment_spread_pct": float(100.0 * (seg.max() - seg.min()) / seg.mean()),
+        "note": (
+            "raw compares blocks minutes apart, so it also contains any change of machine speed "
+            "during the run (segment_spread_pct: spread of the 10 segment means of the steady "
+            "state); paired interleaves the aged stream's blocks with a fresh stream's first "
+            "blocks at the same moment, so it measures the effect of the stream's age alone"
+        ),
+    }
+    return out
+
+
 def summary(result: dict[str, Any]) -> str:
     r = result["results"]
     c = r["cached"]
@@ -573,19 +817,36 @@ def summary(result: dict[str, Any]) -> str:
         "results:",
         f"  cached steady state: {ss['latent_fps']:.2f} latent frames/s = {ss['video_fps']:.2f} "
         f"video frames/s; per block p50 {ss['p50_ms']:.1f} ms, p90 {ss['p90_ms']:.1f}, "
-        f"p99 {ss['p99_ms']:.1f}, max {ss['max_ms']:.1f} (mean {ss['mean_ms']:.1f})",
+        f"p99 {ss['p99_ms']:.1f}, max {ss['max_ms']:.1f} (mean {ss['mean_ms']:.1f}); other "
+        f"processes kept {ss['other_processes_cores_busy']:.2f} of "
+        f"{result['environment']['cpu_count']} cores busy",
         f"  time to first block: {c['ttff_ms']:.1f} ms",
         f"  first vs last {drift['first']['blocks']} / {drift['last']['blocks']}: "
         f"{drift['first']['mean_ms']:.1f} -> {drift['last']['mean_ms']:.1f} ms, "
         f"ratio {drift['ratio_last_over_first']:.3f} (median ratio "
-        f"{drift['median_ratio_last_over_first']:.3f})",
+        f"{drift['median_ratio_last_over_first']:.3f}, CPU-time ratio "
+        f"{drift['cpu_ratio_last_over_first']:.3f}; other processes busy "
+        f"{drift['first']['other_processes_cores_busy']:.2f} / "
+        f"{drift['last']['other_processes_cores_busy']:.2f} cores)",
     ]
     if "ratio_last_over_first_excluding_warmup" in drift:
         lines.append(
             f"  excluding warm-up {drift['first_excluding_warmup']['blocks']}: ratio "
             f"{drift['ratio_last_over_first_excluding_warmup']:.3f}"
         )
+    pf = c["paired_fresh_vs_aged"]
+    if pf is not None:
+        lines.append(
+            f"  paired (interleaved): fresh {pf['fresh']['blocks']} {pf['fresh']['mean_ms']:.1f} ms"
+            f" vs aged {pf['aged']['blocks']} {pf['aged']['mean_ms']:.1f} ms, ratio "
+            f"{pf['ratio_aged_over_fresh']:.3f} (median ratio "
+            f"{pf['median_ratio_aged_over_fresh']:.3f})"
+        )
+    acc = r["acceptance"]
     lines += [
+        f"  segments (ms/block): {c['segments_mean_ms']} (spread "
+        f"{acc['segment_spread_pct']:.1f}%); trend "
+        f"{c['trend_ms_per_1000_blocks']:+.2f} ms per 1000 blocks",
         f"  cache bytes after fill {cache['after_window_fill'].get('bytes')} / end "
         f"{cache['end']['bytes']} (equal: {cache['bytes_equal']}, not reallocated: "
         f"{cache['buffers_not_reallocated']})",
@@ -598,6 +859,12 @@ def summary(result: dict[str, Any]) -> str:
             f"  baseline (no cache): {b['mean_ms']:.1f} ms/block, {b['latent_fps']:.2f} latent "
             f"frames/s; cached speed-up {r['speedup_vs_baseline']:.2f}x"
         )
+        ic = r["baseline"]["interleaved_cached"]
+        if ic is not None:
+            lines.append(
+                f"  interleaved with the baseline: cached {ic['mean_ms']:.1f} ms/block, "
+                f"speed-up {ic['speedup']:.2f}x"
+            )
     return "\n".join(lines)
 
 

@@ -122,13 +122,6 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(a: argparse.Namespace) -> int:
-    from apps.bench import run_bench
-
-    run_bench(a)
-    return 0
-
-
 def cmd_info(a: argparse.Namespace) -> int:
     from models.wan.config import PRESETS
     from models.wan.loader import count_parameters
@@ -162,11 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(g)
     g.set_defaults(func=cmd_generate)
 
-    from apps.bench import add_bench_arguments
+    from apps.bench import add_bench_arguments, bench_command
 
     b = sub.add_parser("bench", help="streaming benchmark (JSON to bench/results/)")
     add_bench_arguments(b)
-    b.set_defaults(func=cmd_bench)
+    b.set_defaults(func=bench_command)
 
     i = sub.add_parser("info", help="list presets and parameter counts")
     i.set_defaults(func=cmd_info)
