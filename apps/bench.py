@@ -21,6 +21,10 @@ Usage::
     python bench/stream_bench.py --preset tiny --blocks 2000 --baseline-blocks 100
     python -m apps.bench --preset nano --latent-hw 4 4 --blocks 50 --out /tmp/b.json
 
+Layout: this module parses options, runs the cached stream and writes the report;
+apps.bench_baseline holds the no-cache baseline, apps.bench_env describes the
+machine, and engine.metrics holds the timing and statistics any stream can use.
+
 For the ``framecast bench`` subcommand: ``add_bench_arguments(sub)`` then
 ``sub.set_defaults(func=bench_command)`` (prints the JSON on stdout, returns an
 exit code), or call ``run_bench(args)`` for the result dict only.
@@ -33,45 +37,42 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import re
-import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 from torch import Tensor
 
+from apps.bench_baseline import run_baseline
+from apps.bench_env import environment, log, machine_busy_s, progress_every, rss_bytes, slug
+from apps.factory import DTYPES, VAE_TEMPORAL, parse_steps
 from engine.cache import CacheConfig
 from engine.loop import DenoisingLoop, LoopConfig, SeededNoise
-from engine.schedule import FlowSchedule, add_noise
+from engine.metrics import (
+    BlockClock,
+    block_stats,
+    segment_means_ms,
+    synchronize,
+    trend_ms_per_1000,
+)
+from engine.schedule import FlowSchedule
 from models.wan.config import PRESETS
 from models.wan.loader import build_model
 from models.wan.model import CausalWanModel
 
-# Wan VAE / TAEHV: each latent frame decodes to 4 video frames in a running stream
+# VAE_TEMPORAL: each latent frame decodes to 4 video frames in a running stream
 # (the very first latent frame of a clip decodes to 1; ignored in steady state).
-VIDEO_FRAMES_PER_LATENT = 4
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# The benchmark has always offered these two; float16 (in DTYPES) is left out of its CLI.
+BENCH_DTYPES = ("bfloat16", "float32")
 EXTRA_WARMUP_BLOCKS = 5  # warm-up blocks after the window has filled (allocator, caches)
 BASELINE_EXTRA_WARMUP_BLOCKS = 2
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---- arguments ----
-
-
-def _steps(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"steps must be comma-separated integers, got {text!r}"
-        ) from None
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,14 +85,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", default=None, help="DiT checkpoint; default: seeded random weights"
     )
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    g.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    g.add_argument("--dtype", default="float32", choices=BENCH_DTYPES)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     g.add_argument("--seed", type=int, default=0, help="weights, prompt embedding and noise")
     s = parser.add_argument_group("stream")
     s.add_argument("--latent-hw", type=int, nargs=2, default=[16, 16], metavar=("H", "W"))
     s.add_argument("--block-frames", type=int, default=3, help="latent frames per block")
     s.add_argument(
-        "--steps", type=_steps, default=_steps("1000,750,500,250"), help="denoising steps"
+        "--steps", type=parse_steps, default=parse_steps("1000,750,500,250"), help="denoising steps"
     )
     s.add_argument("--shift", type=float, default=5.0, help="flow-matching timestep shift")
     s.add_argument("--sinks", type=int, default=3, help="sink frames kept forever")
@@ -130,131 +131,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# ---- environment ----
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model()
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
-def _sync(device: torch.device) -> None:
-    # CUDA sync: kernels run asynchronously, so wait for the block's work before reading
-    # the clock; otherwise a block's time would be its launch time, not its compute time.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rss() -> int:
-    return int(psutil.Process().memory_info().rss)
-
-
-# ---- statistics ----
-
-
-def block_stats(times_s: Sequence[float]) -> dict[str, float]:
-    """Per-block time statistics in ms."""
-    a = np.asarray(times_s, dtype=np.float64) * 1e3
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {
-        "count": len(a),
-        "mean_ms": float(a.mean()),
-        "std_ms": float(a.std()),
-        "min_ms": float(a.min()),
-        "p50_ms": float(p50),
-        "p90_ms": float(p90),
-        "p99_ms": float(p99),
-        "max_ms": float(a.max()),
-    }
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds all cores of the machine have spent busy (any process), from /proc/stat."""
-    ct = psutil.cpu_times()
-    busy = ct.user + ct.system + getattr(ct, "nice", 0.0)
-    for extra in ("irq", "softirq", "steal"):
-        busy += getattr(ct, extra, 0.0)
-    return float(busy)
-
-
-class BlockClock:
-    """Per-block wall time, plus what else the machine was doing meanwhile.
-
-    For each block it records wall time, this process's CPU time (all its threads)
-    and the machine's busy CPU time (all processes). Over a window of blocks,
-    ``(machine busy - own CPU) / wall`` is how many cores other processes kept busy:
-    the honest way to tell a slowdown of the stream from a noisy neighbour.
-    """
-
-    def __init__(self) -> None:
-        self.wall: list[float] = []
-        self.cpu: list[float] = []
-        self.busy: list[float] = []
-        self._t0 = self._cpu0 = self._busy0 = 0.0
-
-    def start(self) -> float:
-        self._busy0 = _machine_busy_s()
-        self._cpu0 = time.process_time()
-        self._t0 = time.perf_counter()
-        return self._t0
-
-    def stop(self) -> float:
-        t1 = time.perf_counter()
-        self.wall.append(t1 - self._t0)
-        self.cpu.append(time.process_time() - self._cpu0)
-        self.busy.append(_machine_busy_s() - self._busy0)
-        return t1
-
-    def __len__(self) -> int:
-        return len(self.wall)
-
-    def recent_ms(self, n: int) -> float:
-        recent = self.wall[-n:]
-        return 1e3 * sum(recent) / len(recent)
-
-    def window(self, start: int, end: int) -> dict[str, Any]:
-        """Mean/median block time over blocks [start, end), with CPU time and neighbour load."""
-        a = np.asarray(self.wall[start:end], dtype=np.float64)
-        own = float(np.sum(self.cpu[start:end]))
-        machine = float(np.sum(self.busy[start:end]))
-        return {
-            "blocks": [start, end],
-            "count": len(a),
-            "mean_ms": float(a.mean() * 1e3),
-            "median_ms": float(np.median(a) * 1e3),
-            "cpu_mean_ms": 1e3 * own / len(a),
-            "other_processes_cores_busy": max(0.0, machine - own) / float(a.sum()),
-        }
-
-    def times_ms(self) -> list[float]:
-        return [round(1e3 * t, 4) for t in self.wall]
-
-    def other_cores_busy(self) -> list[float]:
-        """Per block: cores other processes kept busy (coarse: /proc/stat counts 10 ms ticks)."""
-        return [
-            round(max(0.0, b - c) / w, 2)
-            for w, c, b in zip(self.wall, self.cpu, self.busy, strict=True)
-        ]
+# ---- the cached run ----
 
 
 def _drift(clock: BlockClock, compare: int, warmup: int, block_frames: int) -> dict[str, Any]:
@@ -288,42 +165,20 @@ def _drift(clock: BlockClock, compare: int, warmup: int, block_frames: int) -> d
     return out
 
 
-# ---- the two runs ----
-
-
-def _progress_every(n: int) -> int:
-    return max(1, round(n / 10))
-
-
-def _segments(times_s: Sequence[float], n: int) -> list[float]:
-    """Mean block time (ms) of n consecutive, equal parts of the run."""
-    parts = np.array_split(np.asarray(times_s, dtype=np.float64), min(n, len(times_s)))
-    return [round(float(p.mean() * 1e3), 3) for p in parts]
-
-
-def _trend_ms_per_1000(times_s: Sequence[float], warmup: int) -> float:
-    """Least-squares slope of block time against block index over the steady state."""
-    y = np.asarray(times_s[warmup:], dtype=np.float64) * 1e3
-    if len(y) < 2:
-        return 0.0
-    x = np.arange(warmup, warmup + len(y), dtype=np.float64)
-    return float(np.polyfit(x, y, 1)[0] * 1000)
-
-
 def _paired(
     aged: DenoisingLoop, fresh: DenoisingLoop, blocks: int, warmup: int, age: int
 ) -> dict[str, Any]:
     """Alternate blocks of an aged stream and a fresh one (alternating which goes first), so
     that both see the same machine conditions: a difference is then the stream's age."""
     device = aged.model.device
-    clocks = {"aged": BlockClock(), "fresh": BlockClock()}
+    clocks = {"aged": BlockClock(machine_busy_s), "fresh": BlockClock(machine_busy_s)}
     for i in range(blocks):
         order = ("fresh", "aged") if i % 2 == 0 else ("aged", "fresh")
         for name in order:
             loop = fresh if name == "fresh" else aged
             clocks[name].start()
             loop.next_block()
-            _sync(device)  # CUDA sync: the block's latents are ready when the clock is read
+            synchronize(device)  # CUDA sync: the block's latents are ready when the clock is read
             clocks[name].stop()
     aged_w, fresh_w = clocks["aged"].window(0, blocks), clocks["fresh"].window(0, blocks)
     aged_w["blocks"] = [age, age + blocks]
@@ -365,12 +220,12 @@ def run_cached(
     """Stream ``blocks`` blocks with the rolling cache; returns the results and the loop
     (still running, so that later measurements can continue the aged stream)."""
     device = model.device
-    clock = BlockClock()
-    every = _progress_every(blocks)
+    clock = BlockClock(machine_busy_s)
+    every = progress_every(blocks)
     fill: dict[str, Any] = {}
     rss_warm = 0
     with torch.inference_mode():
-        _sync(device)
+        synchronize(device)
         t_start = time.perf_counter()
         loop = DenoisingLoop(model, schedule, loop_config, cache_config, SeededNoise(seed, device))
         loop.set_context(context)
@@ -378,27 +233,27 @@ def run_cached(
         for i in range(blocks):
             clock.start()
             loop.next_block()
-            _sync(device)  # CUDA sync: the block's latents are ready when the clock is read
+            synchronize(device)  # CUDA sync: the block's latents are ready when the clock is read
             t1 = clock.stop()
             if i == 0:
                 ttff = t1 - t_start
             if i + 1 == fill_blocks:
                 fill = _cache_sample(loop)
             if i + 1 == warmup:
-                rss_warm = _rss()
+                rss_warm = rss_bytes()
             if (i + 1) % every == 0 or i + 1 == blocks:
                 ms = clock.recent_ms(every)
                 load = clock.window(max(0, i + 1 - every), i + 1)["other_processes_cores_busy"]
-                _log(
+                log(
                     f"  cached block {i + 1}/{blocks}: {ms:.1f} ms/block over the last "
                     f"{min(every, i + 1)}, {loop_config.block_frames * 1e3 / ms:.1f} latent "
-                    f"frames/s, RSS {_rss() / 2**20:.0f} MiB, other processes {load:.2f} cores"
+                    f"frames/s, RSS {rss_bytes() / 2**20:.0f} MiB, other processes {load:.2f} cores"
                 )
         end = _cache_sample(loop)
-        rss_end = _rss()
+        rss_end = rss_bytes()
         paired_result = None
         if paired:
-            _log(f"paired: {paired} blocks of this stream interleaved with a fresh stream's first")
+            log(f"paired: {paired} blocks of this stream interleaved with a fresh stream's first")
             fresh = DenoisingLoop(
                 model, schedule, loop_config, cache_config, SeededNoise(seed + 1, device)
             )
@@ -417,7 +272,7 @@ def run_cached(
         "steady_state": {
             "blocks": [warmup, blocks],
             "latent_fps": latent_fps,
-            "video_fps": VIDEO_FRAMES_PER_LATENT * latent_fps,
+            "video_fps": VAE_TEMPORAL * latent_fps,
             **block_stats(steady),
             "cpu_mean_ms": clock.window(warmup, blocks)["cpu_mean_ms"],
             "other_processes_cores_busy": clock.window(warmup, blocks)[
@@ -431,8 +286,8 @@ def run_cached(
             "buffers_not_reallocated": fill.get("data_ptrs") == end["data_ptrs"],
         },
         "first_vs_last": _drift(clock, compare, warmup, bf),
-        "segments_mean_ms": _segments(clock.wall[warmup:], 10),
-        "trend_ms_per_1000_blocks": _trend_ms_per_1000(clock.wall, warmup),
+        "segments_mean_ms": segment_means_ms(clock.wall[warmup:], 10),
+        "trend_ms_per_1000_blocks": trend_ms_per_1000(clock.wall, warmup),
         "paired_fresh_vs_aged": paired_result,
         "rss": {
             "after_warmup_bytes": rss_warm,
@@ -446,6 +301,7 @@ def run_cached(
 
 
 def _cache_sample(loop: DenoisingLoop) -> dict[str, Any]:
+    """Cache size and buffer addresses: equal samples mean it neither grew nor reallocated."""
     kv, cross = loop.cache, loop.cross
     bufs = [kv.k, kv.v, kv.latents, cross.k, cross.v]
     if kv.k_sink_raw is not None:
@@ -458,142 +314,6 @@ def _cache_sample(loop: DenoisingLoop) -> dict[str, Any]:
         "bytes": kv.nbytes + cross.nbytes,
         "data_ptrs": [b.data_ptr() for b in bufs],
     }
-
-
-class NaiveStream:
-    """The no-KV-cache baseline: every denoising step reruns the block-causal full-sequence
-    forward over [sinks, last W frames, noisy block] and keeps the block's flow.
-
-    Same schedule and re-noising as DenoisingLoop; the kept frames are stored at the
-    context noise level (as the loop's commit does) and fed at timestep 1000*context_sigma.
-    Positions are 0..n-1, which is what the cache's relative positions amount to.
-    """
-
-    def __init__(
-        self,
-        model: CausalWanModel,
-        schedule: FlowSchedule,
-        loop_config: LoopConfig,
-        cache_config: CacheConfig,
-        context: Tensor,
-        noise: Callable[[tuple[int, ...]], Tensor],
-    ) -> None:
-        self.model, self.schedule, self.context, self.noise = model, schedule, context, noise
-        self.batch, self.bf = loop_config.batch, loop_config.block_frames
-        self.shape = (self.batch, self.bf, model.latent_channels, *loop_config.latent_hw)
-        self.sink_frames, self.window_frames = cache_config.sink_frames, cache_config.ring_frames
-        self.sinks: Tensor | None = None
-        self.window: Tensor | None = None
-
-    @property
-    def context_frames(self) -> int:
-        return sum(t.shape[1] for t in (self.sinks, self.window) if t is not None)
-
-    @torch.inference_mode()
-    def next_block(self) -> Tensor:
-        s, device, bf = self.schedule, self.model.device, self.bf
-        kept = [t for t in (self.sinks, self.window) if t is not None]
-        ctx_x = torch.cat(kept, dim=1) if kept else None
-        n_ctx = 0 if ctx_x is None else ctx_x.shape[1]
-        t_ctx = torch.full((self.batch, n_ctx), 1000.0 * s.context_sigma, device=device)
-        x = self.noise(self.shape)
-        x0 = x
-        for j, (t, sigma) in enumerate(zip(s.timesteps, s.sigmas, strict=True)):
-            seq = x if ctx_x is None else torch.cat([ctx_x, x], dim=1)
-            ts = torch.cat([t_ctx, torch.full((self.batch, bf), t, device=device)], dim=1)
-            flow = self.model(seq, ts, self.context, block_frames=bf)[:, n_ctx:]
-            x0 = x - sigma * flow
-            if j + 1 < len(s.steps):
-                x = add_noise(x0, self.noise(self.shape), s.sigmas[j + 1])
-        kept_x = x0
-        if s.context_sigma > 0:
-            kept_x = add_noise(x0, self.noise(tuple(x0.shape)), s.context_sigma)
-        n_sinks = 0 if self.sinks is None else self.sinks.shape[1]
-        if n_sinks < self.sink_frames:
-            self.sinks = kept_x if self.sinks is None else torch.cat([self.sinks, kept_x], dim=1)
-        else:
-            w = kept_x if self.window is None else torch.cat([self.window, kept_x], dim=1)
-            self.window = w[:, -self.window_frames :]
-        return x0
-
-
-def run_baseline(
-    model: CausalWanModel,
-    schedule: FlowSchedule,
-    loop_config: LoopConfig,
-    cache_config: CacheConfig,
-    context: Tensor,
-    *,
-    blocks: int,
-    warmup: int,
-    seed: int,
-    interleave: DenoisingLoop | None = None,
-) -> dict[str, Any]:
-    """Stream ``blocks`` blocks without a KV cache. With ``interleave`` (a cached stream
-    whose window is full), one cached block is timed after or before each baseline block
-    (alternating), so the speed-up can also be read under identical machine conditions."""
-    device, bf = model.device, loop_config.block_frames
-    naive = NaiveStream(
-        model, schedule, loop_config, cache_config, context, SeededNoise(seed, device)
-    )
-    clock, cached_clock = BlockClock(), BlockClock()
-
-    def cached_block() -> None:
-        assert interleave is not None
-        cached_clock.start()
-        interleave.next_block()
-        _sync(device)  # CUDA sync: the block's latents are ready when the clock is read
-        cached_clock.stop()
-
-    every = _progress_every(blocks)
-    with torch.inference_mode():
-        for i in range(blocks):
-            if interleave is not None and i % 2:
-                cached_block()
-            n_ctx = naive.context_frames
-            _sync(device)
-            clock.start()
-            naive.next_block()
-            _sync(device)  # CUDA sync: the block's latents are ready when the clock is read
-            clock.stop()
-            if interleave is not None and not i % 2:
-                cached_block()
-            if (i + 1) % every == 0 or i + 1 == blocks:
-                ms = clock.recent_ms(every)
-                _log(
-                    f"  baseline block {i + 1}/{blocks}: {ms:.1f} ms/block, context {n_ctx} frames"
-                )
-    steady = clock.wall[warmup:]
-    latent_fps = bf * len(steady) / sum(steady)
-    out: dict[str, Any] = {
-        "warmup_blocks": warmup,
-        "steady_state": {
-            "blocks": [warmup, blocks],
-            "context_frames": cache_config.sink_frames + cache_config.ring_frames,
-            "latent_fps": latent_fps,
-            "video_fps": VIDEO_FRAMES_PER_LATENT * latent_fps,
-            **block_stats(steady),
-            "cpu_mean_ms": clock.window(warmup, blocks)["cpu_mean_ms"],
-            "other_processes_cores_busy": clock.window(warmup, blocks)[
-                "other_processes_cores_busy"
-            ],
-        },
-        "block_times_ms": clock.times_ms(),
-        "interleaved_cached": None,
-    }
-    if interleave is not None:
-        w = cached_clock.window(warmup, blocks)
-        w["blocks"] = [interleave.blocks_done - blocks + warmup, interleave.blocks_done]
-        out["interleaved_cached"] = {
-            "definition": (
-                "one cached block (the same long stream, window full) timed right before or "
-                "after each baseline block, alternating; stats over the baseline's steady-state "
-                "slots"
-            ),
-            **w,
-            "speedup": out["steady_state"]["mean_ms"] / w["mean_ms"],
-        }
-    return out
 
 
 # ---- driver ----
@@ -645,20 +365,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     wan = PRESETS[args.preset]
-    dev_name = device_name(device)
-    env = {
-        "device": str(device),
-        "device_name": dev_name,
-        "cpu_model": cpu_model(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-    }
+    env = environment(device)
+    dev_name = env["device_name"]
     config = {
         "preset": args.preset,
         "model": {
@@ -690,17 +398,17 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_warmup_blocks": None if args.no_baseline else base_warmup,
         "forwards_per_block": len(schedule.steps) + 1,
     }
-    _log(
+    log(
         f"framecast stream benchmark: {dev_name} ({device}), torch {env['torch']}, "
         f"python {env['python']}, {env['threads']} threads, {env['platform']}"
     )
-    _log("config: " + json.dumps(config))
+    log("config: " + json.dumps(config))
 
     model = build_model(wan, checkpoint=args.checkpoint, device=device, dtype=dtype, seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     context = torch.randn(1, wan.text_len, wan.text_dim, generator=gen).to(device)
 
-    _log(f"cached run: {args.blocks} blocks, window {args.sinks} sinks + {args.window} frames")
+    log(f"cached run: {args.blocks} blocks, window {args.sinks} sinks + {args.window} frames")
     cached, loop = run_cached(
         model,
         schedule,
@@ -718,7 +426,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     baseline = None
     speedup = None
     if not args.no_baseline:
-        _log(f"baseline (no KV cache): {args.baseline_blocks} blocks")
+        log(f"baseline (no KV cache): {args.baseline_blocks} blocks")
         baseline = run_baseline(
             model,
             schedule,
@@ -757,7 +465,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "the timings shared the CPU with other work."
             ),
             "video_fps": (
-                f"{VIDEO_FRAMES_PER_LATENT} video frames per latent frame (Wan VAE / TAEHV "
+                f"{VAE_TEMPORAL} video frames per latent frame (Wan VAE / TAEHV "
                 "temporal upsampling); decoding is not included"
             ),
             "baseline": (
@@ -781,10 +489,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     out = Path(args.out) if args.out else _default_out(args.preset, dev_name)
     result["output_path"] = str(out)
-    _log(summary(result))
+    log(summary(result))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(dumps(result) + "\n", encoding="utf-8")
-    _log(f"wrote {out}")
+    log(f"wrote {out}")
     return result
 
 
@@ -880,7 +588,7 @@ def bench_command(args: argparse.Namespace) -> int:
     try:
         result = run_bench(args)
     except ValueError as e:
-        _log(f"error: {e}")
+        log(f"error: {e}")
         return 2
     print(dumps(result), flush=True)
     return 0

@@ -9,19 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from apps.factory import VAE_TEMPORAL, ModelOptions, build_stream
+from apps.factory import VAE_TEMPORAL, ModelOptions, build_stream, parse_steps
 from engine.stream import SWITCH_MODES
 
 log = logging.getLogger("framecast")
-
-
-def _steps(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"steps must be comma-separated integers, got {text!r}"
-        ) from None
 
 
 def _switch(text: str) -> tuple[int, str]:
@@ -43,7 +34,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--height", type=int, default=d.height, help="video pixels")
     g.add_argument("--width", type=int, default=d.width, help="video pixels")
     g.add_argument("--fps", type=int, default=d.fps)
-    g.add_argument("--steps", type=_steps, default=d.steps, help="e.g. 1000,750,500,250")
+    g.add_argument("--steps", type=parse_steps, default=d.steps, help="e.g. 1000,750,500,250")
     g.add_argument("--shift", type=float, default=d.shift, help="5.0 Self-Forcing, 8.0 CausVid")
     g.add_argument(
         "--context-step", type=int, default=d.context_step, help="noise of committed frames"

@@ -6,6 +6,7 @@ the same model options.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,14 +61,34 @@ class ModelOptions:
         return self.height // VAE_SPATIAL, self.width // VAE_SPATIAL
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# --dtype names, shared by every command that builds a model
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """Parse denoising steps "1000,750,500,250" for argparse (``type=parse_steps``).
+
+    Empty pieces are skipped, so a trailing comma is harmless. Raises
+    argparse.ArgumentTypeError, which argparse reports as a usage error, on a
+    piece that is not an integer or when no step is given. Range and order are
+    FlowSchedule's to check.
+    """
+    try:
+        steps = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"steps must be comma-separated integers, got {text!r}"
+        ) from None
+    if not steps:
+        raise argparse.ArgumentTypeError(f"steps must name at least one step, got {text!r}")
+    return steps
 
 
 def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
     """Everything a session needs, loaded offline."""
     config = preset(opts.preset)
-    if opts.dtype not in _DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(_DTYPES)}, got {opts.dtype!r}")
+    if opts.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {opts.dtype!r}")
     encoder: PromptEncoder
     if opts.text_embeds is not None:
         encoder = PrecomputedPromptEncoder(opts.text_embeds)
@@ -90,7 +111,7 @@ def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
         config,
         checkpoint=opts.checkpoint,
         device=opts.device,
-        dtype=_DTYPES[opts.dtype],
+        dtype=DTYPES[opts.dtype],
         seed=opts.seed,
         use_ema=opts.use_ema,
     )

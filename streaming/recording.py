@@ -7,6 +7,7 @@ from pathlib import Path
 from types import TracebackType
 
 import av
+from av.video.stream import VideoStream
 
 from engine.media import VideoFrame
 
@@ -34,7 +35,9 @@ class Mp4Writer:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(path)
         self.container = av.open(str(path), mode="w")
-        self.stream = self.container.add_stream(codec, rate=fps)
+        stream = self.container.add_stream(codec, rate=fps)
+        assert isinstance(stream, VideoStream), f"{codec} is not a video codec"
+        self.stream: VideoStream = stream
         self.stream.width, self.stream.height = width, height
         self.stream.pix_fmt = "yuv420p"
         self.stream.time_base = Fraction(1, fps)

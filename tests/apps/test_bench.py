@@ -96,7 +96,7 @@ def test_naive_baseline_matches_cached_stream_before_eviction() -> None:
     same computation as the cache: the baseline is a fair (same-work) comparison."""
     import torch
 
-    from apps.bench import NaiveStream
+    from apps.bench_baseline import NaiveStream
     from engine.cache import CacheConfig
     from engine.loop import DenoisingLoop, LoopConfig, SeededNoise
     from engine.schedule import FlowSchedule
