@@ -113,6 +113,8 @@ class BlockPlan:
     num_frames: int
     frame_index: int  # absolute index of the block's first frame
     positions: Tensor  # int64 [num_frames] temporal RoPE positions of the block
+    cos: Tensor  # [num_frames*tokens_per_frame, 1, head_dim/2] rotation of the block's tokens,
+    sin: Tensor  # computed once per plan and shared by every denoising step of the block
     scratch_start: int  # token range of the block in the scratch region
     scratch_end: int
     attn_start: int  # token range the block attends to (block + committed context)
@@ -235,10 +237,13 @@ class KVCache:
                 slot = self.ring_count % c.ring_frames
                 commit_start = self.scratch_tokens + self.sink_tokens + slot * tpf
         positions = torch.arange(start, start + num_frames, device=self.device)
+        cos, sin = self.rope.cos_sin(positions, *self.geometry.grid_hw)
         return BlockPlan(
             num_frames=num_frames,
             frame_index=start,
             positions=positions,
+            cos=cos,
+            sin=sin,
             scratch_start=scratch_start,
             scratch_end=scratch_end,
             attn_start=scratch_start,

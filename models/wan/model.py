@@ -308,7 +308,8 @@ class CausalWanModel(nn.Module):
         e, e0 = self.embed_time(timesteps)
         if not cross.valid:
             self.fill_cross_cache(context, cross)
-        cos, sin = self.rope.cos_sin(plan.positions, h, w)
+        assert (h, w) == cache.geometry.grid_hw, f"{(h, w)=} vs cache {cache.geometry.grid_hw}"
+        cos, sin = plan.cos, plan.sin
         last = len(self.blocks) - 1
         for i, block in enumerate(self.layers()):
             kv_only = plan.commit and i == last
