@@ -18,7 +18,7 @@ from engine.protocols import PromptEncoder
 from engine.schedule import FlowSchedule
 from engine.stream import Stream, StreamConfig
 from models.decoders import LatentPreviewDecoder
-from models.text import HashingPromptEncoder, PrecomputedPromptEncoder
+from models.text import HashingPromptEncoder, PrecomputedPromptEncoder, SentenceEncoder
 from models.wan.config import preset
 from models.wan.loader import build_model
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 VAE_SPATIAL = 8  # pixels per latent pixel (Wan VAE, TAEHV)
 VAE_TEMPORAL = 4  # video frames per latent frame
+SENTENCE_ENCODER_DIM = 384  # all-MiniLM-L6-v2 token embeddings
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
             f"preset {opts.preset!r} expects UMT5-XXL prompt embeddings, which cannot be "
             "computed here: pass --text-embeds FILE (a [T, 4096] tensor or {prompt: tensor})"
         )
+    elif config.text_dim == SENTENCE_ENCODER_DIM:
+        encoder = SentenceEncoder(max_tokens=config.text_len)  # all-MiniLM-L6-v2, from its wheel
     else:
         log.warning("using the word-hashing prompt encoder (keys on words, not meaning)")
         encoder = HashingPromptEncoder(config.text_dim, config.text_len)
