@@ -138,7 +138,7 @@ class Stream:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-        log.info("[%s] closed after %d frames", self.name, self.stats.frames)
+        log.info("[%s] closed after generating %d frames", self.name, self.stats.frames)
 
     def __enter__(self) -> Stream:
         return self
