@@ -1,4 +1,4 @@
-"""`framecast` command line: generate, bench, info."""
+"""`framecast` command line: generate, bench, info, train."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
                 elapsed = time.perf_counter() - t0
                 print(
                     f"\r{frame.pts + 1}/{a.frames} frames  {(frame.pts + 1) / elapsed:6.1f} fps",
-                    end="",
+                    end="" if sys.stderr.isatty() else "\n",  # \r only on a terminal
                     file=sys.stderr,
                     flush=True,
                 )
@@ -126,6 +126,52 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_decoder(a: argparse.Namespace) -> int:
+    from models.train import TrainConfig, train_autoencoder
+
+    config = TrainConfig(
+        steps=a.steps,
+        batch=a.batch,
+        frames=a.frames,
+        size=a.size,
+        lr=a.lr,
+        seed=a.seed,
+        log_every=a.log_every,
+        out=a.out,
+        device=a.device,
+        threads=a.threads,
+        eval_frames=a.eval_frames,
+    )
+    log.info("training the tiny autoencoder: %s", config)
+    metrics = train_autoencoder(config, progress=lambda p: print(p, file=sys.stderr, flush=True))
+    summary = ", ".join(
+        f"{k} {metrics[k]:.4f}"
+        for k in ("loss_start", "loss_final", "psnr_batch", "psnr_stream", "wall_s")
+        if k in metrics
+    )
+    log.info("wrote %s: %s", a.out, summary)
+    return 0
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from models.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--out", type=Path, default=Path("out/taehv"), help="weights + train.json")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    p.add_argument("--batch", type=int, default=d.batch, help="clips per step")
+    p.add_argument("--frames", type=int, default=d.frames, help="frames per clip (4k)")
+    p.add_argument("--size", type=int, default=d.size, help="clip height = width (8k)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate")
+    p.add_argument("--seed", type=int, default=d.seed, help="weights and data")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps per report")
+    p.add_argument("--device", default=d.device, help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument(
+        "--eval-frames", type=int, default=d.eval_frames, help="held-out clip frames; 0 = skip"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="framecast", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -154,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="list presets and parameter counts")
     i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("train", help="train a model on the procedural world")
+    targets = t.add_subparsers(dest="target", required=True)
+    td = targets.add_parser(
+        "decoder", help="the tiny streaming autoencoder (progress on stderr, weights to --out)"
+    )
+    add_train_arguments(td)
+    td.set_defaults(func=cmd_train_decoder)
     return p
 
 
