@@ -7,17 +7,20 @@ the same model options.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from engine.cache import CacheConfig, PositionMode
-from engine.protocols import PromptEncoder
+from engine.protocols import PromptEncoder, StreamingDecoder
 from engine.schedule import FlowSchedule
 from engine.stream import Stream, StreamConfig
 from models.decoders import LatentPreviewDecoder
+from models.embedded import BUNDLE_FILE, BUNDLES, load_bundle
 from models.text import HashingPromptEncoder, PrecomputedPromptEncoder, SentenceEncoder
 from models.wan.config import preset
 from models.wan.loader import build_model
@@ -29,30 +32,63 @@ VAE_TEMPORAL = 4  # video frames per latent frame
 SENTENCE_ENCODER_DIM = 384  # all-MiniLM-L6-v2 token embeddings
 
 
+# Stream settings for presets without an embedded bundle (random or user weights).
+GENERIC_DEFAULTS: dict[str, Any] = {
+    "height": 128,
+    "width": 128,
+    "fps": 16,
+    "steps": (1000, 750, 500, 250),
+    "shift": 5.0,
+    "context_step": 0,
+    "block_frames": 3,
+    "sinks": 3,
+    "window": 12,
+}
+DEFAULT_MODEL = "world"  # the embedded, trained default (models/weights/world)
+
+
 @dataclass(frozen=True)
 class ModelOptions:
-    """What a user picks on the command line."""
+    """What a user picks on the command line; None means "the model's default"."""
 
-    preset: str = "tiny"
+    preset: str = DEFAULT_MODEL  # an embedded bundle name, or a models.wan preset
     checkpoint: Path | None = None
     use_ema: bool = False
     text_embeds: Path | None = None
-    height: int = 128  # video pixels
-    width: int = 128
-    fps: int = 16
-    steps: tuple[int, ...] = (1000, 750, 500, 250)
-    shift: float = 5.0
-    context_step: int = 0
-    block_frames: int = 3
-    sinks: int = 3
-    window: int | None = 12  # None: global attention over max_frames
+    height: int | None = None  # video pixels
+    width: int | None = None
+    fps: int | None = None
+    steps: tuple[int, ...] | None = None
+    shift: float | None = None
+    context_step: int | None = None
+    block_frames: int | None = None
+    sinks: int | None = None
+    window: int | None = None  # 0: global attention over max_frames
     max_frames: int = 21
     positions: PositionMode = "relative"
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
 
+    @property
+    def embedded(self) -> bool:
+        """A trained bundle: an embedded name, or a directory from `framecast train bundle`."""
+        if self.checkpoint is not None:
+            return False
+        return self.preset in BUNDLES or (Path(self.preset) / BUNDLE_FILE).is_file()
+
+    def resolved(self) -> ModelOptions:
+        """These options with every None replaced by the model's default."""
+        defaults = load_bundle(self.preset).defaults if self.embedded else GENERIC_DEFAULTS
+        filled = {
+            k: (defaults[k] if getattr(self, k) is None else getattr(self, k))
+            for k in GENERIC_DEFAULTS
+        }
+        filled["steps"] = tuple(filled["steps"])
+        return dataclasses.replace(self, **filled)
+
     def latent_hw(self, patch: tuple[int, int, int]) -> tuple[int, int]:
+        assert self.height is not None and self.width is not None, "call resolved() first"
         step_h, step_w = VAE_SPATIAL * patch[1], VAE_SPATIAL * patch[2]
         if self.height % step_h or self.width % step_w:
             raise ValueError(
@@ -87,9 +123,32 @@ def parse_steps(text: str) -> tuple[int, ...]:
 
 def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
     """Everything a session needs, loaded offline."""
-    config = preset(opts.preset)
+    opts = opts.resolved()
     if opts.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {opts.dtype!r}")
+    decoder: StreamingDecoder
+    if opts.embedded:
+        bundle = load_bundle(opts.preset)
+        config = bundle.wan_config
+        model = bundle.generator(device=opts.device, dtype=DTYPES[opts.dtype])
+        decoder = bundle.decoder(device=opts.device)
+    else:
+        config = preset(opts.preset)
+        if opts.checkpoint is None:
+            log.warning(
+                "preset %r: no checkpoint given, using seeded random weights (output is "
+                "structured noise, not trained video)",
+                opts.preset,
+            )
+        model = build_model(
+            config,
+            checkpoint=opts.checkpoint,
+            device=opts.device,
+            dtype=DTYPES[opts.dtype],
+            seed=opts.seed,
+            use_ema=opts.use_ema,
+        )
+        decoder = LatentPreviewDecoder(config.out_dim, device=opts.device)
     encoder: PromptEncoder
     if opts.text_embeds is not None:
         encoder = PrecomputedPromptEncoder(opts.text_embeds)
@@ -104,22 +163,9 @@ def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
         log.warning("using the word-hashing prompt encoder (keys on words, not meaning)")
         encoder = HashingPromptEncoder(config.text_dim, config.text_len)
     latent_hw = opts.latent_hw(config.patch_size)
-    if opts.checkpoint is None:
-        log.warning(
-            "preset %r: no checkpoint given, using seeded random weights (output is "
-            "structured noise, not trained video)",
-            opts.preset,
-        )
-    model = build_model(
-        config,
-        checkpoint=opts.checkpoint,
-        device=opts.device,
-        dtype=DTYPES[opts.dtype],
-        seed=opts.seed,
-        use_ema=opts.use_ema,
-    )
-    decoder = LatentPreviewDecoder(config.out_dim, device=opts.device)
-    if opts.window is None:
+    assert opts.steps is not None and opts.block_frames is not None and opts.fps is not None
+    assert opts.shift is not None and opts.context_step is not None and opts.sinks is not None
+    if not opts.window:
         cache = CacheConfig.global_attention(max_frames=opts.max_frames, positions=opts.positions)
     else:
         cache = CacheConfig.rolling_window(opts.sinks, opts.window, positions=opts.positions)

@@ -1,7 +1,7 @@
 """Train the TAEHV-style autoencoder (models/decoders/taehv.py) on world clips.
 
 The encoder and decoder (``TAEHVConfig.tiny()``) are trained end to end on
-reconstruction (MSE + L1 on pixels in [0, 1]) with AdamW. A run is a pure
+reconstruction (foreground-weighted MSE on pixels in [0, 1]) with AdamW. A run is a pure
 function of its ``TrainConfig`` on a given machine: the weights are initialised
 from ``seed``, the data stream is ``WorldClips(seed=seed)``, and
 ``torch.manual_seed(seed)`` covers anything else.
@@ -54,10 +54,11 @@ class TrainConfig:
     steps: int = 800  # optimizer steps
     batch: int = 4  # clips per step
     frames: int = 8  # frames per clip, a multiple of 4 (2 latent frames for 8)
-    size: int = 64  # clip height = width in pixels, a multiple of 8
-    lr: float = 5e-4  # AdamW peak learning rate (cosine decay to 10% after warmup)
-    grad_clip: float = 1.0  # max global gradient norm (the decoder's output clamp makes
-    # large early steps fatal: once every pixel clamps, no gradient flows back)
+    size: int = 128  # rendered clip height = width in pixels, a multiple of 8
+    crop: int | None = 64  # train on random crops of this side (None: whole frames)
+    foreground_weight: float = 10.0  # extra loss weight on object pixels (see reconstruction_loss)
+    lr: float = 1e-3  # AdamW peak learning rate (cosine decay to 10% after warmup)
+    grad_clip: float = 1.0  # max global gradient norm
     warmup: int = 20  # linear warmup steps
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     seed: int = 0  # weights, data stream and torch RNG
@@ -75,6 +76,10 @@ class TrainConfig:
             raise ValueError(f"frames must be a positive multiple of 4, got {self.frames}")
         if self.size < 8 or self.size % 8:
             raise ValueError(f"size must be a positive multiple of 8, got {self.size}")
+        if self.crop is not None and (self.crop % 8 or not 8 <= self.crop <= self.size):
+            raise ValueError(f"crop must be a multiple of 8 in [8, size], got {self.crop}")
+        if self.foreground_weight < 0:
+            raise ValueError(f"foreground_weight must be >= 0, got {self.foreground_weight}")
         if self.eval_frames < 0 or self.eval_frames % 4:
             raise ValueError(f"eval_frames must be a multiple of 4, got {self.eval_frames}")
         if not (self.lr > 0 and self.grad_clip > 0) or self.weight_decay < 0 or self.warmup < 0:
@@ -100,9 +105,29 @@ class Progress:
         )
 
 
-def reconstruction_loss(recon: Tensor, target: Tensor) -> Tensor:
-    """MSE + L1 over all pixels: MSE for PSNR, L1 keeps small objects' edges sharp."""
-    return F.mse_loss(recon, target) + F.l1_loss(recon, target)
+def foreground_mask(target: Tensor, tol: float = 0.1) -> Tensor:
+    """1.0 where a pixel differs from its frame's background, else 0.0: [B, T, 1, H, W].
+
+    The background is the per-frame median colour (objects cover well under
+    half of a frame), so no labels are needed.
+    """
+    bg = target.flatten(3).median(dim=3).values[..., None, None]  # [B, T, 3, 1, 1]
+    return ((target - bg).abs().amax(dim=2, keepdim=True) > tol).to(target.dtype)
+
+
+def reconstruction_loss(recon: Tensor, target: Tensor, foreground_weight: float = 0.0) -> Tensor:
+    """Pixel MSE with object pixels weighted ``1 + foreground_weight`` (normalised).
+
+    Objects cover a few percent of a frame, so plain MSE first settles on a
+    flat background and the objects arrive slowly and blurred (measured: 17.6
+    dB after 700 steps, about the background-only score). Weighting the object
+    pixels makes their shapes and colours the bulk of the loss from the start.
+    L1 was tried too: its median-seeking gradient sinks objects into the background.
+    """
+    if foreground_weight == 0.0:
+        return F.mse_loss(recon, target)
+    weight = 1.0 + foreground_weight * foreground_mask(target)
+    return ((recon - target).pow(2) * weight).sum() / (weight.sum() * recon.shape[2])
 
 
 def decode_unclamped(decoder: TinyVideoDecoder, latents: Tensor) -> Tensor:
@@ -165,7 +190,7 @@ def train_autoencoder(
     decoder = TinyVideoDecoder(taehv, seed=config.seed + 1).to(device).train()
     params = [*encoder.parameters(), *decoder.parameters()]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    data = iter(WorldClips(config.batch, config.frames, config.size, config.seed))
+    data = iter(WorldClips(config.batch, config.frames, config.size, config.seed, config.crop))
 
     curve: list[list[float]] = []
     window = torch.zeros((), device=device)  # loss summed since the last report (no sync)
@@ -176,7 +201,7 @@ def train_autoencoder(
             group["lr"] = config.lr * _lr_scale(step, config)
         x = next(data).to(device, non_blocking=True)
         recon = decode_unclamped(decoder, encoder(x))
-        loss = reconstruction_loss(recon, x[:, taehv.trim_start_frames :])
+        loss = reconstruction_loss(recon, x[:, taehv.trim_start_frames :], config.foreground_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -239,9 +264,7 @@ def save_autoencoder(
     (out / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
 
 
-def load_autoencoder(
-    out: Path, device: str = "cpu"
-) -> tuple[TinyVideoEncoder, TinyVideoDecoder]:
+def load_autoencoder(out: Path, device: str = "cpu") -> tuple[TinyVideoEncoder, TinyVideoDecoder]:
     """Fresh modules with the weights saved by ``train_autoencoder`` (strict), in eval mode."""
     sidecar = json.loads((out / SIDECAR_FILE).read_text())
     fields: dict[str, Any] = {
@@ -297,3 +320,30 @@ def evaluate_autoencoder(
         "psnr_stream": _psnr(stream, target),
         "stream_max_abs_diff": float((stream - batch).abs().max()),
     }
+
+
+def reconstruction_adherence(
+    encoder: TinyVideoEncoder,
+    decoder: TinyVideoDecoder,
+    *,
+    clips: int = 24,
+    frames: int = 32,
+    size: int = 128,
+    seed: int = 2_000_000,
+) -> dict[str, float]:
+    """Percent of held-out scenes whose *reconstruction* the world detector reads correctly,
+    per attribute: the ceiling any generator decoded by this decoder can reach."""
+    from models.world import WorldStream, check, detect, scene_for_seed
+
+    device = next(decoder.parameters()).device
+    totals: dict[str, int] = {}
+    for i in range(clips):
+        scene = scene_for_seed(seed + i)
+        clip = WorldStream(scene, size, size).next_frames(frames)
+        x = torch.from_numpy(clip).permute(0, 3, 1, 2).float().div(255.0)[None].to(device)
+        with torch.inference_mode():
+            rgb = decoder.decode(encoder(x))[0]
+        out = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for k, ok in check(scene, detect(out)).items():
+            totals[k] = totals.get(k, 0) + int(ok)
+    return {f"recon_{k}": 100.0 * v / clips for k, v in totals.items()}

@@ -22,14 +22,32 @@ MAX_START_FRAME = 256  # clips start anywhere in the first ~10 s of a scene
 
 
 def clip_batch(
-    rng: np.random.Generator, batch: int, frames: int, height: int, width: int
+    rng: np.random.Generator,
+    batch: int,
+    frames: int,
+    height: int,
+    width: int,
+    crop: int | None = None,
 ) -> Tensor:
-    """One batch drawn from ``rng``: [batch, frames, 3, height, width] float32 in [0, 1]."""
-    clips = np.empty((batch, frames, height, width, 3), dtype=np.uint8)
+    """One batch drawn from ``rng``: [batch, frames, 3, height, width] float32 in [0, 1].
+
+    With ``crop``, each clip is rendered at height x width and a random
+    crop x crop window (at a multiple of 8 pixels) is kept: objects keep the
+    scale of the full frame while a training step costs only the crop.
+    """
+    out_h, out_w = (height, width) if crop is None else (crop, crop)
+    if crop is not None and (crop > min(height, width) or crop % 8):
+        raise ValueError(f"crop must be a multiple of 8 within {height}x{width}, got {crop}")
+    clips = np.empty((batch, frames, out_h, out_w, 3), dtype=np.uint8)
     for i in range(batch):
         stream = WorldStream(sample_scene(rng), height=height, width=width)
         stream.frame_index = int(rng.integers(MAX_START_FRAME))
-        clips[i] = stream.next_frames(frames)
+        clip = stream.next_frames(frames)
+        if crop is not None:
+            top = 8 * int(rng.integers((height - crop) // 8 + 1))
+            left = 8 * int(rng.integers((width - crop) // 8 + 1))
+            clip = clip[:, top : top + crop, left : left + crop]
+        clips[i] = clip
     # NTHWC uint8 -> NTCHW float
     return torch.from_numpy(clips).permute(0, 1, 4, 2, 3).float().div_(255.0)
 
@@ -48,6 +66,7 @@ class WorldClips:
     frames: int = 8  # a multiple of 4 (the autoencoder's frames per latent)
     size: int = 128  # height = width, a multiple of 8 (the autoencoder's upscale)
     seed: int = 0
+    crop: int | None = None  # train on random crop x crop windows of size x size renders
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -60,4 +79,4 @@ class WorldClips:
     def __iter__(self) -> Iterator[Tensor]:
         rng = np.random.default_rng(self.seed)
         while True:
-            yield clip_batch(rng, self.batch, self.frames, self.size, self.size)
+            yield clip_batch(rng, self.batch, self.frames, self.size, self.size, self.crop)

@@ -195,6 +195,24 @@ def block_causal_mask(
     return block.unsqueeze(1) >= block.unsqueeze(0)
 
 
+def teacher_forcing_mask(
+    frames: int, tokens_per_frame: int, block_frames: int, device: torch.device
+) -> Tensor:
+    """Bool [2N, 2N] over (clean copy, noisy copy) of a clip, N = frames * tokens_per_frame.
+
+    Clean tokens attend block-causally among clean tokens: exactly what a
+    committed block sees in the KV cache. A noisy token attends to the clean
+    tokens of earlier blocks and to the noisy tokens of its own block: exactly
+    what the block being denoised sees at inference. Clean never sees noisy.
+    """
+    block = torch.arange(frames, device=device).div(block_frames, rounding_mode="floor")
+    block = block.repeat_interleave(tokens_per_frame)
+    q, k = block.unsqueeze(1), block.unsqueeze(0)
+    top = torch.cat([q >= k, torch.zeros_like(q >= k)], dim=1)
+    bottom = torch.cat([q > k, q == k], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
 class _CachedSelfAttend:
     """Self-attention of one block against the KV cache, for one layer."""
 
@@ -351,6 +369,43 @@ class CausalWanModel(nn.Module):
         for block in self.layers():
             tokens = block(tokens, e0, cos, sin, block.cross_attn.context_kv(ctx), attend)
         return self.unpatchify(self.head(tokens, e), frames, h, w)
+
+    def forward_teacher(
+        self,
+        noisy: Tensor,
+        noisy_timesteps: Tensor,
+        clean: Tensor,
+        clean_timesteps: Tensor,
+        context: Tensor,
+        *,
+        block_frames: int,
+    ) -> Tensor:
+        """Teacher-forcing training forward (CausVid): flow for every block of ``noisy``
+        [B, F, C, H, W], each conditioned on the clean (or lightly noised) earlier
+        blocks of ``clean`` as if they sat in the KV cache. One pass trains all F
+        frames under inference's exact attention pattern, at twice the tokens.
+        Both copies take positions 0..F-1; timesteps are [B, F] each."""
+        frames = noisy.shape[1]
+        assert clean.shape == noisy.shape, f"{clean.shape=} {noisy.shape=}"
+        tokens_clean, (h, w) = self.embed_video(clean)
+        tokens_noisy, _ = self.embed_video(noisy)
+        tokens = torch.cat([tokens_clean, tokens_noisy], dim=1)
+        e, e0 = self.embed_time(torch.cat([clean_timesteps, noisy_timesteps], dim=1))
+        ctx = self.embed_text(context)
+        positions = torch.arange(frames, device=noisy.device).repeat(2)
+        cos, sin = self.rope.cos_sin(positions, h, w)
+        mask = teacher_forcing_mask(frames, h * w, block_frames, noisy.device)
+
+        def attend(q: Tensor, k: Tensor, v: Tensor, k_raw: Tensor) -> Tensor:
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+            )
+            return y.transpose(1, 2)
+
+        for block in self.layers():
+            tokens = block(tokens, e0, cos, sin, block.cross_attn.context_kv(ctx), attend)
+        n = frames * h * w
+        return self.unpatchify(self.head(tokens[:, n:], e[:, frames:]), frames, h, w)
 
     # ---- pieces ----
 

@@ -1,0 +1,281 @@
+"""Train a tiny causal Wan DiT on world latents for few-step, block-causal streaming.
+
+Objective: flow matching with teacher forcing (CausVid's setup). Every training
+clip is fed twice in one pass (``CausalWanModel.forward_teacher``): a clean copy
+that plays the KV cache and a noisy copy whose blocks are denoised against the
+clean earlier blocks, so every frame trains under inference's exact attention
+pattern. Three choices aim at what streaming needs:
+
+- Few steps: most noisy frames sit exactly at the sampling schedule's noise
+  levels (``sample_steps`` warped by ``shift``), the rest anywhere in (0, 1],
+  so a 4-step sampler visits levels the model knows best.
+- Long rollouts: the clean copy is lightly re-noised (sigma up to
+  ``context_sigma_max``, told to the model through its timestep), so generated
+  context, which is never perfect, looks like training context; and half the
+  clips put frame 0 (the attention sink) a few latent frames before the rest,
+  as the rolling cache does after the window moves on.
+- Prompt switches: some clips splice the start of one scene before another
+  scene under the second scene's prompt, with the loss only on the second
+  scene's frames, which is what KV-recache presents after a switch.
+
+A run is a pure function of its config and latent set on one machine (seeded
+weights, batch sampler and noise). Weights are saved with an EMA copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from engine.schedule import FlowSchedule
+from models.train.autoencoder import Progress, hardware
+from models.train.latents import load_latent_set
+from models.wan.config import preset
+from models.wan.model import CausalWanModel
+
+GENERATOR_FILE = "generator.safetensors"
+GENERATOR_EMA_FILE = "generator_ema.safetensors"
+GENERATOR_SIDECAR = "generator.json"
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig:
+    """One teacher-forcing run of a tiny causal Wan DiT on a latent set."""
+
+    data: Path = Path("out/world-latents.pt")
+    preset: str = "tiny"
+    steps: int = 3000
+    batch: int = 8
+    frames: int = 6  # latent frames per training clip (>= sinks + window + block)
+    block_frames: int = 1
+    lr: float = 6e-4
+    warmup: int = 100
+    grad_clip: float = 1.0
+    weight_decay: float = 0.01
+    ema: float = 0.998
+    sample_steps: tuple[int, ...] = (1000, 750, 500, 250)
+    shift: float = 5.0
+    on_schedule: float = 0.7  # fraction of noisy frames exactly at a sampling level
+    context_sigma_max: float = 0.1
+    sink_gap: float = 0.5  # fraction of clips whose frame 0 comes earlier than the rest
+    switch: float = 0.15  # fraction of clips that splice two scenes (prompt switch)
+    seed: int = 0
+    log_every: int = 50
+    save_every: int = 250  # steps between snapshots of the weights in ``out`` (stop any time)
+    out: Path | None = None
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "frames", "block_frames", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.frames % self.block_frames:
+            raise ValueError("frames must be a multiple of block_frames")
+        for name in ("on_schedule", "sink_gap", "switch"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a fraction in [0, 1]")
+        if self.sink_gap + self.switch > 1.0:
+            raise ValueError("sink_gap + switch must not exceed 1")
+
+
+@dataclass
+class Batch:
+    latents: Tensor  # [B, F, C, h, w] normalised clean latents
+    context: Tensor  # [B, T, 384]
+    loss_mask: Tensor  # [B, F] 1 where the frame is trained
+
+
+class ClipSampler:
+    """Seeded batches of training clips from a latent set (see the module doc)."""
+
+    def __init__(self, data: dict[str, Any], config: GeneratorTrainConfig) -> None:
+        mean, std = data["mean"].float(), data["std"].float()
+        self.latents = (data["latents"].float() - mean[:, None, None]) / std[:, None, None]
+        self.embeds = data["embeds"].float()
+        self.prompt_index = data["prompt_index"]
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        n, length = self.latents.shape[:2]
+        if length < config.frames + 1:
+            raise ValueError(
+                f"latent clips have {length} frames; need frames + 1 = {config.frames + 1}"
+            )
+        self.clips, self.length = n, length
+
+    def _pick(self, clip: int, start: int, count: int) -> Tensor:
+        return self.latents[clip, start : start + count]
+
+    def __call__(self) -> Batch:
+        c, rng, f = self.config, self.rng, self.config.frames
+        xs, ctx, masks = [], [], []
+        for _ in range(c.batch):
+            clip = int(rng.integers(self.clips))
+            mask = torch.ones(f)
+            r = float(rng.random())
+            if r < c.switch:
+                other = int(rng.integers(self.clips - 1))
+                other += other >= clip
+                k = int(rng.integers(1, f // 2 + 1))
+                a = self._pick(other, int(rng.integers(self.length - k + 1)), k)
+                b = self._pick(clip, int(rng.integers(self.length - (f - k) + 1)), f - k)
+                x = torch.cat([a, b])
+                mask[:k] = 0.0
+            elif r < c.switch + c.sink_gap:
+                gap = int(rng.integers(1, self.length - f + 1))
+                x = torch.cat([self._pick(clip, 0, 1), self._pick(clip, gap + 1, f - 1)])
+            else:
+                x = self._pick(clip, int(rng.integers(self.length - f + 1)), f)
+            phrasing = int(rng.integers(self.prompt_index.shape[1]))
+            xs.append(x)
+            ctx.append(self.embeds[int(self.prompt_index[clip, phrasing])])
+            masks.append(mask)
+        return Batch(torch.stack(xs), torch.stack(ctx), torch.stack(masks))
+
+
+def _lr_scale(step: int, config: GeneratorTrainConfig) -> float:
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    span = max(1, config.steps - config.warmup)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - config.warmup) / span))
+
+
+def teacher_forcing_loss(
+    model: CausalWanModel,
+    batch: Batch,
+    config: GeneratorTrainConfig,
+    sigma_levels: Tensor,
+    generator: torch.Generator,
+) -> Tensor:
+    """Masked flow-matching MSE of the noisy copy given the lightly noised clean copy."""
+    x0 = batch.latents
+    b, f = x0.shape[:2]
+    device = x0.device
+    on = torch.rand(b, f, generator=generator, device=device) < config.on_schedule
+    level = sigma_levels[
+        torch.randint(len(sigma_levels), (b, f), generator=generator, device=device)
+    ]
+    anywhere = torch.rand(b, f, generator=generator, device=device).clamp_min(0.02)
+    sigma = torch.where(on, level, anywhere)
+    noise = torch.randn(x0.shape, generator=generator, device=device)
+    s = sigma[..., None, None, None]
+    noisy = (1 - s) * x0 + s * noise
+    ctx_sigma = config.context_sigma_max * torch.rand(b, f, generator=generator, device=device)
+    cs = ctx_sigma[..., None, None, None]
+    clean = (1 - cs) * x0 + cs * torch.randn(x0.shape, generator=generator, device=device)
+    flow = model.forward_teacher(
+        noisy,
+        1000 * sigma,
+        clean,
+        1000 * ctx_sigma,
+        batch.context,
+        block_frames=config.block_frames,
+    )
+    err = (flow - (noise - x0)).pow(2).mean(dim=(2, 3, 4))  # [B, F]
+    return (err * batch.loss_mask).sum() / batch.loss_mask.sum().clamp_min(1.0)
+
+
+def train_generator(
+    config: GeneratorTrainConfig, progress: Callable[[Progress], None] | None = None
+) -> dict[str, Any]:
+    """Train from scratch; save weights, EMA weights and a JSON sidecar to ``config.out``."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    data = load_latent_set(config.data)
+    sampler = ClipSampler(data, config)
+    wan = preset(config.preset)
+    # the data decides the input widths: latent channels and prompt embedding shape
+    channels, (text_len, text_dim) = data["latents"].shape[2], data["embeds"].shape[1:]
+    wan = dataclasses.replace(
+        wan, in_dim=channels, out_dim=channels, text_dim=text_dim, text_len=text_len
+    )
+    model = CausalWanModel(wan).init_weights(config.seed, zero_head=True).to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = FlowSchedule(steps=config.sample_steps, shift=config.shift)
+    levels = torch.tensor(schedule.sigmas, device=device)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+
+    curve: list[list[float]] = []
+    window = torch.zeros((), device=device)
+    window_start = 0
+    t0 = time.perf_counter()
+    for step in range(config.steps):
+        for group in opt.param_groups:
+            group["lr"] = config.lr * _lr_scale(step, config)
+        batch = sampler()
+        batch = Batch(*(t.to(device) for t in (batch.latents, batch.context, batch.loss_mask)))
+        loss = teacher_forcing_loss(model, batch, config, levels, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            decay = min(config.ema, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        window += loss.detach()
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            mean = float(window) / (done - window_start)
+            window.zero_()
+            window_start = done
+            curve.append([done, mean])
+            rate = done / (time.perf_counter() - t0)
+            if progress is not None:
+                progress(Progress(done, config.steps, mean, rate, (config.steps - done) / rate))
+        if config.out is not None and (done % config.save_every == 0 or done == config.steps):
+            metrics = _metrics(curve, done, time.perf_counter() - t0)
+            save_generator(config.out, model, ema, config, data, metrics)
+    return _metrics(curve, config.steps, time.perf_counter() - t0)
+
+
+def _metrics(curve: list[list[float]], steps: int, wall: float) -> dict[str, Any]:
+    return {
+        "steps_done": steps,
+        "loss_start": curve[0][1] if curve else float("nan"),
+        "loss_final": curve[-1][1] if curve else float("nan"),
+        "loss_curve": curve,
+        "wall_s": wall,
+        "steps_per_s": steps / wall,
+        "hardware": hardware(),
+    }
+
+
+def save_generator(
+    out: Path,
+    model: CausalWanModel,
+    ema: CausalWanModel,
+    config: GeneratorTrainConfig,
+    data: dict[str, Any],
+    metrics: dict[str, Any],
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for module, name in ((model, GENERATOR_FILE), (ema, GENERATOR_EMA_FILE)):
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(out / name), metadata={"format": "pt"})
+    cfg = dataclasses.asdict(config)
+    cfg["data"], cfg["out"] = str(config.data), str(config.out)
+    sidecar = {
+        "wan": dataclasses.asdict(model.config),
+        "latent_mean": data["mean"].tolist(),
+        "latent_std": data["std"].tolist(),
+        "latent_set": data["meta"],
+        "config": cfg,
+        **metrics,
+    }
+    (out / GENERATOR_SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
