@@ -319,10 +319,11 @@ def _cache_sample(loop: DenoisingLoop) -> dict[str, Any]:
 # ---- driver ----
 
 
-def _default_out(preset: str, device_label: str) -> Path:
+def default_out(preset: str, device_label: str, kind: str = "stream") -> Path:
+    """bench/results/<kind>_<preset>_<device slug>_<UTC date>.json (of the checkout, else cwd)."""
     base = _REPO_ROOT if (_REPO_ROOT / "bench").is_dir() else Path.cwd()
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
-    return base / "bench" / "results" / f"stream_{preset}_{slug(device_label)}_{date}.json"
+    return base / "bench" / "results" / f"{kind}_{preset}_{slug(device_label)}_{date}.json"
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -487,7 +488,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "speedup_vs_baseline": speedup,
         },
     }
-    out = Path(args.out) if args.out else _default_out(args.preset, dev_name)
+    out = Path(args.out) if args.out else default_out(args.preset, dev_name)
     result["output_path"] = str(out)
     log(summary(result))
     out.parent.mkdir(parents=True, exist_ok=True)

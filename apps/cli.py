@@ -1,8 +1,9 @@
-"""`framecast` command line: generate, bench, info, train."""
+"""`framecast` command line: generate, bench, eval, info, train."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import sys
@@ -25,26 +26,27 @@ def _switch(text: str) -> tuple[int, str]:
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     d = ModelOptions()
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default=d.preset, help="tiny, nano, wan2.1-1.3b, wan2.1-14b")
+    g.add_argument(
+        "--preset",
+        default=d.preset,
+        help="world (the embedded trained default), or a random/--checkpoint preset: "
+        "tiny, nano, wan2.1-1.3b, wan2.1-14b",
+    )
     g.add_argument(
         "--checkpoint", type=Path, help=".pt or .safetensors (Self-Forcing, CausVid, LongLive)"
     )
     g.add_argument("--ema", action="store_true", help="load 'generator_ema' from the checkpoint")
     g.add_argument("--text-embeds", type=Path, help="precomputed prompt embeddings (Wan presets)")
-    g.add_argument("--height", type=int, default=d.height, help="video pixels")
-    g.add_argument("--width", type=int, default=d.width, help="video pixels")
-    g.add_argument("--fps", type=int, default=d.fps)
-    g.add_argument("--steps", type=parse_steps, default=d.steps, help="e.g. 1000,750,500,250")
-    g.add_argument("--shift", type=float, default=d.shift, help="5.0 Self-Forcing, 8.0 CausVid")
+    g.add_argument("--height", type=int, help="video pixels (model default: 128)")
+    g.add_argument("--width", type=int, help="video pixels (model default: 128)")
+    g.add_argument("--fps", type=int, help="output frame rate (model default)")
+    g.add_argument("--steps", type=parse_steps, help="e.g. 1000,750,500,250 (model default)")
+    g.add_argument("--shift", type=float, help="5.0 Self-Forcing, 8.0 CausVid (model default)")
+    g.add_argument("--context-step", type=int, help="noise of committed frames (model default)")
+    g.add_argument("--block-frames", type=int, help="latent frames per block (model default)")
+    g.add_argument("--sinks", type=int, help="pinned first latent frames (model default)")
     g.add_argument(
-        "--context-step", type=int, default=d.context_step, help="noise of committed frames"
-    )
-    g.add_argument(
-        "--block-frames", type=int, default=d.block_frames, help="latent frames per block"
-    )
-    g.add_argument("--sinks", type=int, default=d.sinks, help="pinned first latent frames")
-    g.add_argument(
-        "--window", type=int, default=d.window, help="recent latent frames kept; 0 = global"
+        "--window", type=int, help="recent latent frames kept; 0 = global (model default)"
     )
     g.add_argument("--positions", choices=["relative", "absolute"], default=d.positions)
     g.add_argument("--seed", type=int, default=d.seed)
@@ -66,7 +68,7 @@ def model_options(a: argparse.Namespace) -> ModelOptions:
         context_step=a.context_step,
         block_frames=a.block_frames,
         sinks=0 if a.window == 0 else a.sinks,
-        window=None if a.window == 0 else a.window,
+        window=a.window,
         positions=a.positions,
         seed=a.seed,
         device=a.device,
@@ -77,21 +79,24 @@ def model_options(a: argparse.Namespace) -> ModelOptions:
 def cmd_generate(a: argparse.Namespace) -> int:
     from streaming.recording import Mp4Writer
 
-    opts = model_options(a)
-    if a.window == 0:
+    opts = model_options(a).resolved()
+    assert opts.block_frames is not None and opts.fps is not None
+    assert opts.width is not None and opts.height is not None
+    fps, width, height, block_frames = opts.fps, opts.width, opts.height, opts.block_frames
+    if opts.window == 0:
         # global attention: room for every latent frame of the clip, in whole blocks
-        blocks = math.ceil(math.ceil(a.frames / VAE_TEMPORAL) / a.block_frames)
-        opts = ModelOptions(**{**opts.__dict__, "max_frames": blocks * a.block_frames})
+        blocks = math.ceil(math.ceil(a.frames / VAE_TEMPORAL) / block_frames)
+        opts = dataclasses.replace(opts, max_frames=blocks * block_frames)
     switches = sorted(a.switch or [])
     stream = build_stream(opts, name="generate")
     stream.start(a.prompt)
     t0 = time.perf_counter()
-    with Mp4Writer(a.out, fps=a.fps, width=a.width, height=a.height) as writer:
+    with Mp4Writer(a.out, fps=fps, width=width, height=height) as writer:
         for frame in stream.frames(max_frames=a.frames):
             while switches and frame.pts >= switches[0][0]:
                 stream.switch_prompt(switches.pop(0)[1], mode=a.switch_mode)
             writer.write(frame)
-            if (frame.pts + 1) % (a.fps * 2) == 0 or frame.pts + 1 == a.frames:
+            if (frame.pts + 1) % (fps * 2) == 0 or frame.pts + 1 == a.frames:
                 elapsed = time.perf_counter() - t0
                 print(
                     f"\r{frame.pts + 1}/{a.frames} frames  {(frame.pts + 1) / elapsed:6.1f} fps",
@@ -106,11 +111,76 @@ def cmd_generate(a: argparse.Namespace) -> int:
         "wrote %s: %d frames at %d fps, %.2fs, time to first frame %.3fs",
         a.out,
         writer.frames_written,
-        a.fps,
+        fps,
         time.perf_counter() - t0,
         s.time_to_first_frame or 0,
     )
     return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from apps.eval_report import EvalConfig, default_out, format_table, run_eval, write_report
+
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    config = EvalConfig(
+        prompts=a.prompts,
+        frames=a.frames,
+        drift_frames=a.drift_frames,
+        drift_window=a.drift_window,
+        switches=a.switches,
+        switch_mode=a.switch_mode,
+        ablation=a.ablation,
+        ablation_frames=a.ablation_frames,
+        ablation_window=a.ablation_window,
+        novel_words=a.novel_words,
+        prompt_seed=a.prompt_seed,
+        oracle=a.oracle,
+    )
+    report = run_eval(config, model_options(a), progress=_progress)
+    out = a.out or default_out(a.preset, oracle=a.oracle)
+    write_report(report, out)
+    print(format_table(report), flush=True)
+    _progress(f"wrote {out}")
+    return 0
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from apps.eval_report import EvalConfig
+
+    d = EvalConfig()
+    p.add_argument("--prompts", type=int, default=d.prompts, help="held-out prompts")
+    p.add_argument("--frames", type=int, default=d.frames, help="video frames per clip")
+    p.add_argument(
+        "--drift-frames", type=int, default=d.drift_frames, help="drift stream length; 0 = skip"
+    )
+    p.add_argument(
+        "--drift-window", type=int, default=d.drift_window, help="frames scored at each end"
+    )
+    p.add_argument("--switches", type=int, default=d.switches, help="prompt switches; 0 = skip")
+    p.add_argument("--switch-mode", choices=SWITCH_MODES, default=d.switch_mode)
+    p.add_argument("--ablation", action="store_true", help="sinks, window and switch-mode table")
+    p.add_argument(
+        "--ablation-frames", type=int, default=d.ablation_frames, help="drift length per variant"
+    )
+    p.add_argument(
+        "--ablation-window", type=int, help="frames scored at each end (default: a quarter)"
+    )
+    p.add_argument(
+        "--novel-words",
+        action=argparse.BooleanOptionalAction,
+        default=d.novel_words,
+        help="held-out prompts may use words unseen in training",
+    )
+    p.add_argument("--prompt-seed", type=int, default=d.prompt_seed, help="held-out prompt set")
+    p.add_argument("--oracle", action="store_true", help="score the ground truth (sanity check)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument(
+        "--out", type=Path, help="JSON path (default bench/results/eval_<preset>_<date>.json)"
+    )
+    add_model_arguments(p)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -134,6 +204,8 @@ def cmd_train_decoder(a: argparse.Namespace) -> int:
         batch=a.batch,
         frames=a.frames,
         size=a.size,
+        crop=a.crop or None,
+        foreground_weight=a.foreground_weight,
         lr=a.lr,
         seed=a.seed,
         log_every=a.log_every,
@@ -141,6 +213,8 @@ def cmd_train_decoder(a: argparse.Namespace) -> int:
         device=a.device,
         threads=a.threads,
         eval_frames=a.eval_frames,
+        init=a.init,
+        freeze_encoder=a.freeze_encoder,
     )
     log.info("training the tiny autoencoder: %s", config)
     metrics = train_autoencoder(config, progress=lambda p: print(p, file=sys.stderr, flush=True))
@@ -162,6 +236,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=d.batch, help="clips per step")
     p.add_argument("--frames", type=int, default=d.frames, help="frames per clip (4k)")
     p.add_argument("--size", type=int, default=d.size, help="clip height = width (8k)")
+    p.add_argument(
+        "--crop", type=int, default=d.crop or 0, help="train on random crops (8k); 0 = whole"
+    )
+    p.add_argument(
+        "--foreground-weight",
+        type=float,
+        default=d.foreground_weight,
+        help="extra loss weight on object pixels",
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate")
     p.add_argument("--seed", type=int, default=d.seed, help="weights and data")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps per report")
@@ -170,6 +253,112 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-frames", type=int, default=d.eval_frames, help="held-out clip frames; 0 = skip"
     )
+    p.add_argument("--init", type=Path, help="start from the weights of a past run (its --out)")
+    p.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="train the decoder only (keeps the latent space a generator was trained on)",
+    )
+
+
+def cmd_train_latents(a: argparse.Namespace) -> int:
+    from models.text import SentenceEncoder
+    from models.train.autoencoder import load_autoencoder
+    from models.train.latents import LatentSetConfig, build_latent_set, save_latent_set
+
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    config = LatentSetConfig(
+        clips=a.clips, frames=a.frames, size=a.size, seed=a.seed, encode_batch=a.encode_batch
+    )
+    encoder, _ = load_autoencoder(a.autoencoder)
+    log.info("encoding world clips with %s: %s", a.autoencoder, config)
+    data = build_latent_set(
+        config, encoder, SentenceEncoder(max_tokens=config.text_len), progress=_progress
+    )
+    save_latent_set(data, a.out)
+    log.info("wrote %s: latents %s", a.out, tuple(data["latents"].shape))
+    return 0
+
+
+def cmd_train_generator(a: argparse.Namespace) -> int:
+    from models.train.generator import GeneratorTrainConfig, train_generator
+
+    config = GeneratorTrainConfig(
+        data=a.data,
+        preset=a.model_preset,
+        steps=a.steps,
+        batch=a.batch,
+        frames=a.frames,
+        lr=a.lr,
+        seed=a.seed,
+        log_every=a.log_every,
+        out=a.out,
+        device=a.device,
+        threads=a.threads,
+    )
+    log.info("training the causal generator: %s", config)
+    metrics = train_generator(config, progress=lambda p: print(p, file=sys.stderr, flush=True))
+    log.info(
+        "wrote %s: loss %.4f -> %.4f in %.0fs",
+        a.out,
+        metrics["loss_start"],
+        metrics["loss_final"],
+        metrics["wall_s"],
+    )
+    return 0
+
+
+def cmd_train_bundle(a: argparse.Namespace) -> int:
+    from models.train.bundle import write_bundle
+
+    write_bundle(a.autoencoder, a.generator, a.out)
+    log.info("wrote the embedded bundle %s", a.out)
+    return 0
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
+    from models.train.generator import GeneratorTrainConfig
+    from models.train.latents import LatentSetConfig
+
+    tl = targets.add_parser("latents", help="encode world clips for generator training")
+    dl = LatentSetConfig()
+    tl.add_argument("--autoencoder", type=Path, default=Path("out/taehv"), help="trained AE dir")
+    tl.add_argument("--out", type=Path, default=Path("out/world-latents.pt"))
+    tl.add_argument("--clips", type=int, default=dl.clips)
+    tl.add_argument("--frames", type=int, default=dl.frames, help="video frames per clip (4k)")
+    tl.add_argument("--size", type=int, default=dl.size)
+    tl.add_argument("--seed", type=int, default=dl.seed)
+    tl.add_argument("--encode-batch", type=int, default=dl.encode_batch, help="clips per pass")
+    tl.add_argument("--threads", type=int, help="torch CPU threads")
+    tl.set_defaults(func=cmd_train_latents)
+
+    tg = targets.add_parser("generator", help="the tiny causal Wan DiT (teacher forcing)")
+    dg = GeneratorTrainConfig()
+    tg.add_argument("--data", type=Path, default=dg.data, help="from `framecast train latents`")
+    tg.add_argument("--model-preset", default=dg.preset, help="models.wan preset to train")
+    tg.add_argument("--out", type=Path, default=Path("out/generator"))
+    tg.add_argument("--steps", type=int, default=dg.steps)
+    tg.add_argument("--batch", type=int, default=dg.batch)
+    tg.add_argument("--frames", type=int, default=dg.frames, help="latent frames per clip")
+    tg.add_argument("--lr", type=float, default=dg.lr)
+    tg.add_argument("--seed", type=int, default=dg.seed)
+    tg.add_argument("--log-every", type=int, default=dg.log_every)
+    tg.add_argument("--device", default=dg.device)
+    tg.add_argument("--threads", type=int, help="torch CPU threads")
+    tg.set_defaults(func=cmd_train_generator)
+
+    tb = targets.add_parser("bundle", help="assemble trained weights into an embedded bundle")
+    tb.add_argument("--autoencoder", type=Path, default=Path("out/taehv"))
+    tb.add_argument("--generator", type=Path, default=Path("out/generator"))
+    tb.add_argument("--out", type=Path, default=Path("models/weights/world"))
+    tb.set_defaults(func=cmd_train_bundle)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +387,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(b)
     b.set_defaults(func=bench_command)
 
+    from apps.bench_e2e import add_e2e_arguments, e2e_command
+
+    e = sub.add_parser(
+        "bench-e2e", help="end-to-end benchmark of a real model: denoise + decode, TTFF, FPS"
+    )
+    add_e2e_arguments(e)
+    e.set_defaults(func=e2e_command)
+
+    ev = sub.add_parser(
+        "eval", help="prompt adherence, drift and switch response on held-out prompts (JSON)"
+    )
+    add_eval_arguments(ev)
+    ev.set_defaults(func=cmd_eval)
+
     i = sub.add_parser("info", help="list presets and parameter counts")
     i.set_defaults(func=cmd_info)
 
@@ -208,13 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_arguments(td)
     td.set_defaults(func=cmd_train_decoder)
+    add_train_subcommands(targets)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose or args.command != "bench" else logging.WARNING,
+        level=logging.INFO
+        if args.verbose or args.command not in ("bench", "bench-e2e", "eval")
+        else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     if getattr(args, "frames", 1) < 1:

@@ -67,6 +67,9 @@ class TrainConfig:
     device: str = "cpu"  # "cpu" or "cuda" (data is rendered on the CPU either way)
     threads: int | None = None  # torch CPU threads; None = torch's default
     eval_frames: int = 16  # frames per held-out clip (0 disables evaluation)
+    init: Path | None = None  # start from this run's weights (a directory from a past run)
+    freeze_encoder: bool = False  # train the decoder only: the latent space stays as it is,
+    # so a generator trained on this encoder's latents keeps working with the new decoder
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "log_every"):
@@ -188,7 +191,16 @@ def train_autoencoder(
     taehv = TAEHVConfig.tiny()
     encoder = TinyVideoEncoder(taehv, seed=config.seed).to(device).train()
     decoder = TinyVideoDecoder(taehv, seed=config.seed + 1).to(device).train()
-    params = [*encoder.parameters(), *decoder.parameters()]
+    if config.init is not None:
+        encoder, decoder = load_autoencoder(config.init, device=str(device))
+        decoder.train()
+        if not config.freeze_encoder:
+            encoder.train()
+    if config.freeze_encoder:
+        encoder.eval().requires_grad_(False)
+        params = list(decoder.parameters())
+    else:
+        params = [*encoder.parameters(), *decoder.parameters()]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     data = iter(WorldClips(config.batch, config.frames, config.size, config.seed, config.crop))
 
@@ -200,7 +212,12 @@ def train_autoencoder(
         for group in opt.param_groups:
             group["lr"] = config.lr * _lr_scale(step, config)
         x = next(data).to(device, non_blocking=True)
-        recon = decode_unclamped(decoder, encoder(x))
+        if config.freeze_encoder:
+            with torch.no_grad():
+                z = encoder(x)
+        else:
+            z = encoder(x)
+        recon = decode_unclamped(decoder, z)
         loss = reconstruction_loss(recon, x[:, taehv.trim_start_frames :], config.foreground_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -235,6 +252,8 @@ def train_autoencoder(
         metrics.update(
             evaluate_autoencoder(encoder, decoder, frames=config.eval_frames, size=config.size)
         )
+        if config.size >= 64:  # the detector needs objects of a few pixels at least
+            metrics.update(reconstruction_adherence(encoder, decoder, size=config.size))
     if config.out is not None:
         save_autoencoder(config.out, encoder, decoder, config, metrics)
     return metrics
@@ -243,6 +262,7 @@ def train_autoencoder(
 def _config_json(config: TrainConfig) -> dict[str, Any]:
     d = dataclasses.asdict(config)
     d["out"] = None if config.out is None else str(config.out)
+    d["init"] = None if config.init is None else str(config.init)
     return d
 
 
