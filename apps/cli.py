@@ -43,6 +43,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=parse_steps, help="e.g. 1000,750,500,250 (model default)")
     g.add_argument("--shift", type=float, help="5.0 Self-Forcing, 8.0 CausVid (model default)")
     g.add_argument("--context-step", type=int, help="noise of committed frames (model default)")
+    g.add_argument(
+        "--sampler",
+        choices=["renoise", "euler"],
+        help="step rule: renoise (distilled checkpoints) or euler (flow ODE); model default",
+    )
     g.add_argument("--block-frames", type=int, help="latent frames per block (model default)")
     g.add_argument("--sinks", type=int, help="pinned first latent frames (model default)")
     g.add_argument(
@@ -66,6 +71,7 @@ def model_options(a: argparse.Namespace) -> ModelOptions:
         steps=a.steps,
         shift=a.shift,
         context_step=a.context_step,
+        sampler=a.sampler,
         block_frames=a.block_frames,
         sinks=0 if a.window == 0 else a.sinks,
         window=a.window,
@@ -298,6 +304,8 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
         out=a.out,
         device=a.device,
         threads=a.threads,
+        init=a.init,
+        context_sigma_max=a.context_sigma_max,
     )
     log.info("training the causal generator: %s", config)
     metrics = train_generator(config, progress=lambda p: print(p, file=sys.stderr, flush=True))
@@ -352,6 +360,13 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
     tg.add_argument("--log-every", type=int, default=dg.log_every)
     tg.add_argument("--device", default=dg.device)
     tg.add_argument("--threads", type=int, help="torch CPU threads")
+    tg.add_argument("--init", type=Path, help="continue from a past run's --out directory")
+    tg.add_argument(
+        "--context-sigma-max",
+        type=float,
+        default=dg.context_sigma_max,
+        help="max noise on the clean (cache) copy: robustness to imperfect generated context",
+    )
     tg.set_defaults(func=cmd_train_generator)
 
     tb = targets.add_parser("bundle", help="assemble trained weights into an embedded bundle")

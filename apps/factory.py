@@ -40,6 +40,7 @@ GENERIC_DEFAULTS: dict[str, Any] = {
     "steps": (1000, 750, 500, 250),
     "shift": 5.0,
     "context_step": 0,
+    "sampler": "renoise",
     "block_frames": 3,
     "sinks": 3,
     "window": 12,
@@ -61,6 +62,7 @@ class ModelOptions:
     steps: tuple[int, ...] | None = None
     shift: float | None = None
     context_step: int | None = None
+    sampler: str | None = None  # "renoise" (distilled checkpoints) or "euler"
     block_frames: int | None = None
     sinks: int | None = None
     window: int | None = None  # 0: global attention over max_frames
@@ -80,10 +82,10 @@ class ModelOptions:
     def resolved(self) -> ModelOptions:
         """These options with every None replaced by the model's default."""
         defaults = load_bundle(self.preset).defaults if self.embedded else GENERIC_DEFAULTS
-        filled = {
-            k: (defaults[k] if getattr(self, k) is None else getattr(self, k))
-            for k in GENERIC_DEFAULTS
-        }
+        filled = {k: getattr(self, k) for k in GENERIC_DEFAULTS}
+        for k, value in filled.items():
+            if value is None:
+                filled[k] = defaults.get(k, GENERIC_DEFAULTS[k])
         filled["steps"] = tuple(filled["steps"])
         return dataclasses.replace(self, **filled)
 
@@ -172,7 +174,12 @@ def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
     stream_config = StreamConfig(
         block_frames=opts.block_frames,
         latent_hw=latent_hw,
-        schedule=FlowSchedule(steps=opts.steps, shift=opts.shift, context_step=opts.context_step),
+        schedule=FlowSchedule(
+            steps=opts.steps,
+            shift=opts.shift,
+            context_step=opts.context_step,
+            sampler=opts.sampler,  # type: ignore[arg-type]  # FlowSchedule validates it
+        ),
         cache=cache,
         fps=opts.fps,
         seed=opts.seed,

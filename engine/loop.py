@@ -109,7 +109,10 @@ class DenoisingLoop:
             )
             x0 = x - sigma * flow
             if i + 1 < len(s.steps):
-                x = add_noise(x0, self.noise(self.block_shape), s.sigmas[i + 1])
+                if s.sampler == "euler":
+                    x = x + (s.sigmas[i + 1] - sigma) * flow
+                else:
+                    x = add_noise(x0, self.noise(self.block_shape), s.sigmas[i + 1])
         self._commit(x0, plan.frame_index)
         self.blocks_done += 1
         return x0

@@ -13,6 +13,7 @@ With shift 5.0 that gives t = [1000, 937.5, 833.3, 625.0].
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import Tensor
 
@@ -32,8 +33,17 @@ class FlowSchedule:
     shift: float = 5.0  # 5.0 Self-Forcing / LongLive, 8.0 CausVid
     warp: bool = True  # map steps through the shifted schedule (as the reference does)
     context_step: int = 0  # noise level of the committed context (0 = clean)
+    # How a step moves to the next noise level. "renoise" (Self-Forcing, CausVid):
+    # predict x0, then noise it afresh to the next level; right for distilled
+    # few-step generators. "euler": the deterministic flow ODE step
+    # x += (sigma_next - sigma) * flow, which keeps what earlier steps decided
+    # (where an object is) instead of redrawing it; right for models trained
+    # with plain flow matching, such as the embedded defaults.
+    sampler: Literal["renoise", "euler"] = "renoise"
 
     def __post_init__(self) -> None:
+        if self.sampler not in ("renoise", "euler"):
+            raise ValueError(f"sampler must be 'renoise' or 'euler', got {self.sampler!r}")
         if not self.steps:
             raise ValueError("a schedule needs at least one denoising step")
         if any(not 0 < s <= NUM_TRAIN_TIMESTEPS for s in self.steps):

@@ -29,6 +29,7 @@ def stream_defaults(generator_config: dict[str, Any], size: int, fps: int = 16) 
         "steps": list(generator_config["sample_steps"]),
         "shift": generator_config["shift"],
         "context_step": 0,
+        "sampler": "euler",  # plain flow matching, not distilled: see FlowSchedule.sampler
         "block_frames": block,
         "sinks": SINKS,
         "window": frames - SINKS - block,

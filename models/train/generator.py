@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from engine.schedule import FlowSchedule
@@ -77,6 +77,7 @@ class GeneratorTrainConfig:
     out: Path | None = None
     device: str = "cpu"
     threads: int | None = None
+    init: Path | None = None  # continue from a past run's --out (weights and EMA; new optimizer)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "frames", "block_frames", "log_every"):
@@ -205,6 +206,9 @@ def train_generator(
     )
     model = CausalWanModel(wan).init_weights(config.seed, zero_head=True).to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    if config.init is not None:
+        for module, name in ((model, GENERATOR_FILE), (ema, GENERATOR_EMA_FILE)):
+            module.load_state_dict(load_file(str(config.init / name), device=str(device)))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = FlowSchedule(steps=config.sample_steps, shift=config.shift)
     levels = torch.tensor(schedule.sigmas, device=device)
@@ -270,6 +274,7 @@ def save_generator(
         save_file(state, str(out / name), metadata={"format": "pt"})
     cfg = dataclasses.asdict(config)
     cfg["data"], cfg["out"] = str(config.data), str(config.out)
+    cfg["init"] = None if config.init is None else str(config.init)
     sidecar = {
         "wan": dataclasses.asdict(model.config),
         "latent_mean": data["mean"].tolist(),

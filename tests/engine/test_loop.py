@@ -141,3 +141,42 @@ def test_output_shape(nano: CausalWanModel, steps: tuple[int, ...]) -> None:
     loop.set_context(torch.randn(1, 3, nano.config.text_dim))
     out = loop.next_block()
     assert out.shape == (1, 1, 16, *HW) and torch.isfinite(out).all()
+
+
+def test_euler_sampler_is_the_flow_ode_and_draws_noise_once_per_block(
+    tiny: CausalWanModel,
+) -> None:
+    """Euler: x += (sigma_next - sigma) * flow, then x0 = x - sigma_last * flow; only the
+    block's starting noise is drawn (renoise draws again at every step)."""
+    draws: list[tuple[int, ...]] = []
+    seeded = SeededNoise(3)
+
+    def counting(shape: tuple[int, ...]) -> Tensor:
+        draws.append(shape)
+        return seeded(shape)
+
+    loop = make_loop(tiny, noise=counting, sampler="euler")
+    ctx = prompt(tiny, 0)
+    loop.set_context(ctx)
+    out = loop.next_block()
+    assert len(draws) == 1
+
+    # the same block by hand, against a fresh cache
+    ref = make_loop(tiny, sampler="euler")
+    x = SeededNoise(3)(ref.block_shape)
+    s, plan = ref.schedule, ref.cache.plan(1)
+    for i, (t, sigma) in enumerate(zip(s.timesteps, s.sigmas, strict=True)):
+        flow = tiny.predict_flow(x, torch.full((1, 1), t), ctx, ref.cross, ref.cache, plan)
+        x0 = x - sigma * flow
+        if i + 1 < len(s.sigmas):
+            x = x + (s.sigmas[i + 1] - sigma) * flow
+    assert torch.allclose(out, x0, atol=1e-5)
+
+    renoise = make_loop(tiny, seed=3)
+    renoise.set_context(ctx)
+    assert (renoise.next_block() - out).abs().max() > 1e-3  # a different sampler
+
+
+def test_unknown_sampler_is_rejected() -> None:
+    with pytest.raises(ValueError, match="sampler"):
+        FlowSchedule(sampler="ddim")  # type: ignore[arg-type]
