@@ -306,6 +306,8 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
         threads=a.threads,
         init=a.init,
         context_sigma_max=a.context_sigma_max,
+        self_context=a.self_context,
+        shift=a.shift,
     )
     log.info("training the causal generator: %s", config)
     metrics = train_generator(config, progress=lambda p: print(p, file=sys.stderr, flush=True))
@@ -361,6 +363,13 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
     tg.add_argument("--device", default=dg.device)
     tg.add_argument("--threads", type=int, help="torch CPU threads")
     tg.add_argument("--init", type=Path, help="continue from a past run's --out directory")
+    tg.add_argument(
+        "--self-context",
+        type=float,
+        default=dg.self_context,
+        help="fraction of clips conditioned on the model's own x0 estimates",
+    )
+    tg.add_argument("--shift", type=float, default=dg.shift, help="sampling schedule shift")
     tg.add_argument(
         "--context-sigma-max",
         type=float,

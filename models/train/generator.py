@@ -71,6 +71,7 @@ class GeneratorTrainConfig:
     context_sigma_max: float = 0.1
     sink_gap: float = 0.5  # fraction of clips whose frame 0 comes earlier than the rest
     switch: float = 0.15  # fraction of clips that splice two scenes (prompt switch)
+    self_context: float = 0.0  # fraction of clips whose cache copy is the model's own x0
     seed: int = 0
     log_every: int = 50
     save_every: int = 250  # steps between snapshots of the weights in ``out`` (stop any time)
@@ -85,7 +86,7 @@ class GeneratorTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.frames % self.block_frames:
             raise ValueError("frames must be a multiple of block_frames")
-        for name in ("on_schedule", "sink_gap", "switch"):
+        for name in ("on_schedule", "sink_gap", "switch", "self_context"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a fraction in [0, 1]")
         if self.sink_gap + self.switch > 1.0:
@@ -176,6 +177,8 @@ def teacher_forcing_loss(
     ctx_sigma = config.context_sigma_max * torch.rand(b, f, generator=generator, device=device)
     cs = ctx_sigma[..., None, None, None]
     clean = (1 - cs) * x0 + cs * torch.randn(x0.shape, generator=generator, device=device)
+    if config.self_context > 0:
+        clean = _self_context(model, batch, config, sigma_levels, generator, clean)
     flow = model.forward_teacher(
         noisy,
         1000 * sigma,
@@ -186,6 +189,41 @@ def teacher_forcing_loss(
     )
     err = (flow - (noise - x0)).pow(2).mean(dim=(2, 3, 4))  # [B, F]
     return (err * batch.loss_mask).sum() / batch.loss_mask.sum().clamp_min(1.0)
+
+
+@torch.no_grad()
+def _self_context(
+    model: CausalWanModel,
+    batch: Batch,
+    config: GeneratorTrainConfig,
+    sigma_levels: Tensor,
+    generator: torch.Generator,
+    clean: Tensor,
+) -> Tensor:
+    """Replace the cache copy of some clips by the model's own one-pass x0 estimates.
+
+    Streaming commits what the model made, which is blurrier and fainter than
+    data; trained only on data, each block loses a little more of an object
+    until it fades (seen in early samples). Here the model denoises every frame
+    from a sampling noise level given the true past, and its x0 estimates
+    become the past the noisy copy must continue from, towards the true frames.
+    """
+    x0 = batch.latents
+    b, f = x0.shape[:2]
+    device = x0.device
+    pick = sigma_levels[
+        torch.randint(len(sigma_levels), (b, f), generator=generator, device=device)
+    ]
+    s = pick[..., None, None, None]
+    noise = torch.randn(x0.shape, generator=generator, device=device)
+    noisy = (1 - s) * x0 + s * noise
+    zero = torch.zeros(b, f, device=device)
+    flow = model.forward_teacher(
+        noisy, 1000 * pick, x0, zero, batch.context, block_frames=config.block_frames
+    )
+    estimate = noisy - s * flow
+    use = torch.rand(b, generator=generator, device=device) < config.self_context
+    return torch.where(use[:, None, None, None, None], estimate, clean)
 
 
 def train_generator(
