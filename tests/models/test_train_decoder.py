@@ -19,7 +19,7 @@ from models.train import train_autoencoder as train
 from models.train.autoencoder import Progress, heldout_clips, reconstruction_loss
 
 # 32x32 clips of 8 frames, 2 per step: a few steps take well under a second.
-FAST = TrainConfig(steps=40, batch=2, frames=8, size=32, log_every=10, eval_frames=8)
+FAST = TrainConfig(steps=40, batch=2, frames=8, size=32, crop=None, log_every=10, eval_frames=8)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,8 @@ def test_trained_stream_equals_batch(trained: tuple[Path, dict[str, object]]) ->
 
 def test_cli_train_decoder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["train", "decoder", "--out", str(tmp_path), "--steps", "4", "--batch", "1"]
-    argv += ["--size", "16", "--frames", "4", "--log-every", "2", "--eval-frames", "4"]
+    argv += ["--size", "16", "--crop", "0", "--frames", "4", "--log-every", "2"]
+    argv += ["--eval-frames", "4"]
     assert main(argv) == 0
     assert "step 4/4" in capsys.readouterr().err
     assert (tmp_path / "decoder.safetensors").is_file()
