@@ -223,7 +223,7 @@ def cmd_train_decoder(a: argparse.Namespace) -> int:
         freeze_encoder=a.freeze_encoder,
     )
     log.info("training the tiny autoencoder: %s", config)
-    metrics = train_autoencoder(config, progress=lambda p: print(p, file=sys.stderr, flush=True))
+    metrics = train_autoencoder(config, progress=_progress)
     summary = ", ".join(
         f"{k} {metrics[k]:.4f}"
         for k in ("loss_start", "loss_final", "psnr_batch", "psnr_stream", "wall_s")
@@ -310,7 +310,7 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
         shift=a.shift,
     )
     log.info("training the causal generator: %s", config)
-    metrics = train_generator(config, progress=lambda p: print(p, file=sys.stderr, flush=True))
+    metrics = train_generator(config, progress=_progress)
     log.info(
         "wrote %s: loss %.4f -> %.4f in %.0fs",
         a.out,
@@ -329,8 +329,8 @@ def cmd_train_bundle(a: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+def _progress(report: object) -> None:
+    print(report, file=sys.stderr, flush=True)
 
 
 def add_train_subcommands(targets: argparse._SubParsersAction) -> None:

@@ -166,12 +166,12 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def _lr_scale(step: int, config: TrainConfig) -> float:
+def lr_scale(step: int, steps: int, warmup: int) -> float:
     """Linear warmup, then cosine from 1 to 0.1 at the last step (step counts from 0)."""
-    if step < config.warmup:
-        return (step + 1) / config.warmup
-    span = max(1, config.steps - config.warmup)
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - config.warmup) / span))
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, steps - warmup)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / span))
 
 
 def train_autoencoder(
@@ -210,7 +210,7 @@ def train_autoencoder(
     t0 = time.perf_counter()
     for step in range(config.steps):
         for group in opt.param_groups:
-            group["lr"] = config.lr * _lr_scale(step, config)
+            group["lr"] = config.lr * lr_scale(step, config.steps, config.warmup)
         x = next(data).to(device, non_blocking=True)
         if config.freeze_encoder:
             with torch.no_grad():

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from engine.schedule import FlowSchedule
-from models.train.autoencoder import Progress, hardware
+from models.train.autoencoder import Progress, hardware, lr_scale
 from models.train.latents import load_latent_set
 from models.wan.config import preset
 from models.wan.model import CausalWanModel
@@ -147,13 +146,6 @@ class ClipSampler:
         return Batch(torch.stack(xs), torch.stack(ctx), torch.stack(masks))
 
 
-def _lr_scale(step: int, config: GeneratorTrainConfig) -> float:
-    if step < config.warmup:
-        return (step + 1) / config.warmup
-    span = max(1, config.steps - config.warmup)
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - config.warmup) / span))
-
-
 def teacher_forcing_loss(
     model: CausalWanModel,
     batch: Batch,
@@ -258,7 +250,7 @@ def train_generator(
     t0 = time.perf_counter()
     for step in range(config.steps):
         for group in opt.param_groups:
-            group["lr"] = config.lr * _lr_scale(step, config)
+            group["lr"] = config.lr * lr_scale(step, config.steps, config.warmup)
         batch = sampler()
         batch = Batch(*(t.to(device) for t in (batch.latents, batch.context, batch.loss_mask)))
         loss = teacher_forcing_loss(model, batch, config, levels, gen)

@@ -213,6 +213,18 @@ def teacher_forcing_mask(
     return torch.cat([top, bottom], dim=0)
 
 
+def _masked_attend(mask: Tensor) -> SelfAttend:
+    """Self-attention over a whole sequence under a bool mask (the training paths)."""
+
+    def attend(q: Tensor, k: Tensor, v: Tensor, k_raw: Tensor) -> Tensor:
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+        )
+        return y.transpose(1, 2)
+
+    return attend
+
+
 class _CachedSelfAttend:
     """Self-attention of one block against the KV cache, for one layer."""
 
@@ -358,13 +370,7 @@ class CausalWanModel(nn.Module):
         ctx = self.embed_text(context)
         positions = torch.arange(frame_offset, frame_offset + frames, device=x.device)
         cos, sin = self.rope.cos_sin(positions, h, w)
-        mask = block_causal_mask(frames, h * w, block_frames, x.device)
-
-        def attend(q: Tensor, k: Tensor, v: Tensor, k_raw: Tensor) -> Tensor:
-            y = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
-            )
-            return y.transpose(1, 2)
+        attend = _masked_attend(block_causal_mask(frames, h * w, block_frames, x.device))
 
         for block in self.layers():
             tokens = block(tokens, e0, cos, sin, block.cross_attn.context_kv(ctx), attend)
@@ -394,13 +400,7 @@ class CausalWanModel(nn.Module):
         ctx = self.embed_text(context)
         positions = torch.arange(frames, device=noisy.device).repeat(2)
         cos, sin = self.rope.cos_sin(positions, h, w)
-        mask = teacher_forcing_mask(frames, h * w, block_frames, noisy.device)
-
-        def attend(q: Tensor, k: Tensor, v: Tensor, k_raw: Tensor) -> Tensor:
-            y = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
-            )
-            return y.transpose(1, 2)
+        attend = _masked_attend(teacher_forcing_mask(frames, h * w, block_frames, noisy.device))
 
         for block in self.layers():
             tokens = block(tokens, e0, cos, sin, block.cross_attn.context_kv(ctx), attend)

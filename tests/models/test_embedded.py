@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -35,7 +37,7 @@ def test_committed_weights_load_strictly_and_are_small() -> None:
     assert mean.shape == std.shape == (bundle.wan_config.in_dim,) and bool((std > 0).all())
 
 
-def test_missing_bundle_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_bundle_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"bundle\.json"):
         load_bundle(tmp_path)
     assert (WEIGHTS_DIR / "world" / "bundle.json").is_file()

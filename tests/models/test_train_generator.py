@@ -64,7 +64,7 @@ def test_short_run_learns_and_bundles_into_a_stream(tmp_path: Path) -> None:
     meta = write_bundle(tmp_path / "ae", tmp_path / "gen", tmp_path / "bundle")
     assert meta["defaults"]["window"] == 6 - 1 - 1 and meta["defaults"]["height"] == 32
     bundle = load_bundle(tmp_path / "bundle")
-    trained = load_bundle(tmp_path / "bundle").generator()
+    trained = bundle.generator()
     assert trained.config.dim == 64
     # the bundle's generator is the EMA copy, bit for bit
     from safetensors.torch import load_file
