@@ -17,6 +17,11 @@ pattern. Three choices aim at what streaming needs:
 - Prompt switches: some clips splice the start of one scene before another
   scene under the second scene's prompt, with the loss only on the second
   scene's frames, which is what KV-recache presents after a switch.
+- Stream starts: a block with no context is what a stream's first block is,
+  so frame 0 of a training window is trained only when it is a world clip's
+  frame 0 (latent sets record where each clip starts). A window cut from the
+  middle of a clip would teach the first block that an object may be
+  anywhere and moving against its prompt (after a bounce): a blur.
 
 A run is a pure function of its config and latent set on one machine (seeded
 weights, batch sampler and noise). Weights are saved with an EMA copy.
@@ -71,6 +76,7 @@ class GeneratorTrainConfig:
     sink_gap: float = 0.5  # fraction of clips whose frame 0 comes earlier than the rest
     switch: float = 0.15  # fraction of clips that splice two scenes (prompt switch)
     self_context: float = 0.0  # fraction of clips whose cache copy is the model's own x0
+    head: float = 0.6  # chance that a window of a clip starting at world frame 0 starts there too
     seed: int = 0
     log_every: int = 50
     save_every: int = 250  # steps between snapshots of the weights in ``out`` (stop any time)
@@ -85,7 +91,7 @@ class GeneratorTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.frames % self.block_frames:
             raise ValueError("frames must be a multiple of block_frames")
-        for name in ("on_schedule", "sink_gap", "switch", "self_context"):
+        for name in ("on_schedule", "sink_gap", "switch", "self_context", "head"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a fraction in [0, 1]")
         if self.sink_gap + self.switch > 1.0:
@@ -115,6 +121,15 @@ class ClipSampler:
                 f"latent clips have {length} frames; need frames + 1 = {config.frames + 1}"
             )
         self.clips, self.length = n, length
+        # Older latent sets do not record starts: every frame 0 counts as a start.
+        starts = data.get("starts")
+        self.is_head = np.ones(n, dtype=bool) if starts is None else (starts.numpy() == 0)
+
+    def _offset(self, clip: int, count: int) -> int:
+        """Where a window of ``count`` frames of ``clip`` starts (0: at the clip's start)."""
+        if self.is_head[clip] and self.rng.random() < self.config.head:
+            return 0
+        return int(self.rng.integers(self.length - count + 1))
 
     def _pick(self, clip: int, start: int, count: int) -> Tensor:
         return self.latents[clip, start : start + count]
@@ -130,15 +145,18 @@ class ClipSampler:
                 other = int(rng.integers(self.clips - 1))
                 other += other >= clip
                 k = int(rng.integers(1, f // 2 + 1))
-                a = self._pick(other, int(rng.integers(self.length - k + 1)), k)
-                b = self._pick(clip, int(rng.integers(self.length - (f - k) + 1)), f - k)
+                a = self._pick(other, self._offset(other, k), k)
+                b = self._pick(clip, self._offset(clip, f - k), f - k)
                 x = torch.cat([a, b])
                 mask[:k] = 0.0
             elif r < c.switch + c.sink_gap:
                 gap = int(rng.integers(1, self.length - f + 1))
                 x = torch.cat([self._pick(clip, 0, 1), self._pick(clip, gap + 1, f - 1)])
+                mask[0] = float(self.is_head[clip])
             else:
-                x = self._pick(clip, int(rng.integers(self.length - f + 1)), f)
+                start = self._offset(clip, f)
+                x = self._pick(clip, start, f)
+                mask[0] = float(self.is_head[clip] and start == 0)
             phrasing = int(rng.integers(self.prompt_index.shape[1]))
             xs.append(x)
             ctx.append(self.embeds[int(self.prompt_index[clip, phrasing])])

@@ -12,6 +12,7 @@ File layout (``torch.save``)::
     mean, std    float32 [C]               per-channel statistics over all latents
     embeds       float16 [P, T, 384]       prompt token embeddings, zero-padded to T
     prompt_index int64   [N, K]            row of ``embeds`` for phrasing k of clip n
+    starts       int64   [N]               world frame each clip starts at (0: a stream start)
     prompts      list[str] (P)             the phrasings, for inspection
     meta         dict                      size, frames, seed, encoder sidecar, wall time
 
@@ -36,7 +37,7 @@ from models.decoders.taehv import TinyVideoEncoder
 from models.text import SentenceEncoder
 from models.train.data import MAX_START_FRAME
 from models.world import WorldStream, make_prompt, sample_scene
-from models.world.scene import Scene
+from models.world.scene import Layout, Scene
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class LatentSetConfig:
     text_len: int = 32  # token rows kept per prompt (the generator's text_len)
     seed: int = 1  # differs from the autoencoder's data stream (seed 0)
     encode_batch: int = 2  # small passes keep activations in cache (8 was 2x slower)
+    layout: Layout = "canonical"  # scene layout (models.world.scene.sample_scene)
+    # Clips that start at frame 0, where the stream starts; the rest start
+    # anywhere in the first MAX_START_FRAME frames and teach continuation,
+    # bounces included.
+    head_fraction: float = 0.75
 
     def __post_init__(self) -> None:
         if self.clips < 1 or self.phrasings < 1 or self.encode_batch < 1:
@@ -58,6 +64,8 @@ class LatentSetConfig:
             raise ValueError(f"frames must be a positive multiple of 4, got {self.frames}")
         if self.size % 8:
             raise ValueError(f"size must be a multiple of 8, got {self.size}")
+        if not 0.0 <= self.head_fraction <= 1.0:
+            raise ValueError(f"head_fraction must be in [0, 1], got {self.head_fraction}")
 
 
 def _render(scene: Scene, start: int, frames: int, size: int) -> np.ndarray:
@@ -77,8 +85,9 @@ def build_latent_set(
     scenes: list[Scene] = []
     starts: list[int] = []
     for _ in range(config.clips):
-        scenes.append(sample_scene(rng))
-        starts.append(int(rng.integers(MAX_START_FRAME)))
+        scenes.append(sample_scene(rng, layout=config.layout))
+        head = rng.random() < config.head_fraction
+        starts.append(0 if head else int(rng.integers(1, MAX_START_FRAME)))
 
     t0 = time.perf_counter()
     chunks: list[Tensor] = []
@@ -124,6 +133,7 @@ def build_latent_set(
         "std": std,
         "embeds": embeds,
         "prompt_index": torch.from_numpy(index),
+        "starts": torch.tensor(starts, dtype=torch.int64),
         "prompts": prompts,
         "meta": {"config": asdict(config), "wall_s": time.perf_counter() - t0},
     }

@@ -78,3 +78,23 @@ def test_short_run_learns_and_bundles_into_a_stream(tmp_path: Path) -> None:
     stream.close()
     assert len(frames) == 8 and frames[0].data.shape == (32, 32, 3)
     assert np.ptp(np.stack([f.data for f in frames])) > 0
+
+
+def test_frame_zero_trains_only_at_stream_starts(tmp_path: Path) -> None:
+    """A window's first frame is trained only when it is its clip's world frame 0."""
+    fake_latent_set(tmp_path / "lat.pt")
+    data = torch.load(tmp_path / "lat.pt", weights_only=False)
+    data["starts"] = torch.tensor([0, 0, 0, 40, 80, 120])
+    config = GeneratorTrainConfig(
+        data=tmp_path / "lat.pt", batch=256, switch=0.0, sink_gap=0.0, head=0.5
+    )
+    sampler = ClipSampler(data, config)
+    batch = sampler()
+    # every window's frame 0 is some clip's frame at an offset; find which
+    firsts = batch.latents[:, 0]
+    at_start = torch.stack([(firsts == sampler.latents[i, 0]).flatten(1).all(1) for i in range(6)])
+    head_start = at_start[:3].any(0)  # frame 0 of a clip that starts the world
+    assert bool((batch.loss_mask[:, 0] == head_start.float()).all())
+    # head clips start at offset 0 about half the time (head=0.5), plus chance hits
+    assert 0.2 < float(head_start.float().mean()) < 0.6
+    assert bool((batch.loss_mask[:, 1:] == 1).all())
