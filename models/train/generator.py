@@ -77,6 +77,9 @@ class GeneratorTrainConfig:
     switch: float = 0.15  # fraction of clips that splice two scenes (prompt switch)
     self_context: float = 0.0  # fraction of clips whose cache copy is the model's own x0
     head: float = 0.6  # chance that a window of a clip starting at world frame 0 starts there too
+    # Extra loss weight on latent pixels that differ from their frame's background
+    # (see `foreground_weights`): objects cover a tenth of a frame but carry the prompt.
+    foreground_weight: float = 0.0
     seed: int = 0
     log_every: int = 50
     save_every: int = 250  # steps between snapshots of the weights in ``out`` (stop any time)
@@ -197,8 +200,30 @@ def teacher_forcing_loss(
         batch.context,
         block_frames=config.block_frames,
     )
-    err = (flow - (noise - x0)).pow(2).mean(dim=(2, 3, 4))  # [B, F]
+    err = (flow - (noise - x0)).pow(2).mean(dim=2)  # [B, F, h, w]
+    if config.foreground_weight > 0:
+        w = foreground_weights(x0, config.foreground_weight)
+        err = (err * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
+    else:
+        err = err.mean(dim=(2, 3))  # [B, F]
     return (err * batch.loss_mask).sum() / batch.loss_mask.sum().clamp_min(1.0)
+
+
+FOREGROUND_THRESHOLD = 0.5  # mean squared distance (in std units) from the frame's median
+
+
+def foreground_weights(x0: Tensor, weight: float) -> Tensor:
+    """[B, F, C, h, w] clean latents -> [B, F, h, w] loss weights, 1 + weight on objects.
+
+    The per-frame, per-channel median over positions is the background's latent
+    (objects cover well under half a frame); a latent pixel whose channels sit far
+    from it is an object or its edge. Plain MSE spends most of its gradient on the
+    background, which the model gets right early (background accuracy ~98%
+    while colour was ~30%).
+    """
+    median = x0.flatten(3).median(dim=3).values[..., None, None]
+    far = (x0 - median).pow(2).mean(dim=2) > FOREGROUND_THRESHOLD
+    return 1.0 + weight * far.float()
 
 
 @torch.no_grad()

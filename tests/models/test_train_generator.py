@@ -98,3 +98,14 @@ def test_frame_zero_trains_only_at_stream_starts(tmp_path: Path) -> None:
     # head clips start at offset 0 about half the time (head=0.5), plus chance hits
     assert 0.2 < float(head_start.float().mean()) < 0.6
     assert bool((batch.loss_mask[:, 1:] == 1).all())
+
+
+def test_foreground_weights_mark_the_object_not_the_background() -> None:
+    from models.train.generator import foreground_weights
+
+    x0 = torch.zeros(1, 2, 16, 8, 8)
+    x0[:, :, :, 2:4, 5:7] = 2.0  # a 2x2 "object" far from the background latent
+    w = foreground_weights(x0, 4.0)
+    assert w.shape == (1, 2, 8, 8)
+    assert bool((w[:, :, 2:4, 5:7] == 5.0).all())
+    assert float(w.sum()) == 2 * (64 + 4 * 4)  # only the object's 4 pixels per frame
