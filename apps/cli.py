@@ -1,4 +1,4 @@
-"""`framecast` command line: generate, bench, eval, info, train."""
+"""`framecast` command line: generate, serve, bench, eval, info, train."""
 
 from __future__ import annotations
 
@@ -277,7 +277,13 @@ def cmd_train_latents(a: argparse.Namespace) -> int:
 
         torch.set_num_threads(a.threads)
     config = LatentSetConfig(
-        clips=a.clips, frames=a.frames, size=a.size, seed=a.seed, encode_batch=a.encode_batch
+        clips=a.clips,
+        frames=a.frames,
+        size=a.size,
+        seed=a.seed,
+        encode_batch=a.encode_batch,
+        layout=a.layout,
+        head_fraction=a.head_fraction,
     )
     encoder, _ = load_autoencoder(a.autoencoder)
     log.info("encoding world clips with %s: %s", a.autoencoder, config)
@@ -308,6 +314,7 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
         context_sigma_max=a.context_sigma_max,
         self_context=a.self_context,
         shift=a.shift,
+        foreground_weight=a.foreground_weight,
     )
     log.info("training the causal generator: %s", config)
     metrics = train_generator(config, progress=_progress)
@@ -346,6 +353,18 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
     tl.add_argument("--size", type=int, default=dl.size)
     tl.add_argument("--seed", type=int, default=dl.seed)
     tl.add_argument("--encode-batch", type=int, default=dl.encode_batch, help="clips per pass")
+    tl.add_argument(
+        "--layout",
+        choices=("random", "canonical"),
+        default=dl.layout,
+        help="scene layout: canonical fixes first-frame positions and speed per prompt",
+    )
+    tl.add_argument(
+        "--head-fraction",
+        type=float,
+        default=dl.head_fraction,
+        help="fraction of clips starting at world frame 0 (a stream start)",
+    )
     tl.add_argument("--threads", type=int, help="torch CPU threads")
     tl.set_defaults(func=cmd_train_latents)
 
@@ -370,6 +389,12 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
         help="fraction of clips conditioned on the model's own x0 estimates",
     )
     tg.add_argument("--shift", type=float, default=dg.shift, help="sampling schedule shift")
+    tg.add_argument(
+        "--foreground-weight",
+        type=float,
+        default=dg.foreground_weight,
+        help="extra loss weight on object latents (0: plain MSE)",
+    )
     tg.add_argument(
         "--context-sigma-max",
         type=float,
@@ -404,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--switch-mode", choices=SWITCH_MODES, default="recache")
     add_model_arguments(g)
     g.set_defaults(func=cmd_generate)
+
+    from apps.server import add_serve_arguments, serve_command
+
+    sv = sub.add_parser("serve", help="live sessions: web page, WebRTC, WebSocket, /metrics")
+    add_serve_arguments(sv)
+    sv.set_defaults(func=serve_command)
 
     from apps.bench import add_bench_arguments, bench_command
 
