@@ -315,6 +315,7 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
         self_context=a.self_context,
         shift=a.shift,
         foreground_weight=a.foreground_weight,
+        head=a.head,
     )
     log.info("training the causal generator: %s", config)
     metrics = train_generator(config, progress=_progress)
@@ -363,7 +364,7 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
         "--head-fraction",
         type=float,
         default=dl.head_fraction,
-        help="fraction of clips starting at world frame 0 (a stream start)",
+        help="fraction of clips starting at world frame 0 (a stream start); default: none fixed",
     )
     tl.add_argument("--threads", type=int, help="torch CPU threads")
     tl.set_defaults(func=cmd_train_latents)
@@ -389,6 +390,12 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
         help="fraction of clips conditioned on the model's own x0 estimates",
     )
     tg.add_argument("--shift", type=float, default=dg.shift, help="sampling schedule shift")
+    tg.add_argument(
+        "--head",
+        type=float,
+        default=dg.head,
+        help="chance a window of a clip that starts the world starts at its frame 0",
+    )
     tg.add_argument(
         "--foreground-weight",
         type=float,

@@ -76,7 +76,9 @@ class GeneratorTrainConfig:
     sink_gap: float = 0.5  # fraction of clips whose frame 0 comes earlier than the rest
     switch: float = 0.15  # fraction of clips that splice two scenes (prompt switch)
     self_context: float = 0.0  # fraction of clips whose cache copy is the model's own x0
-    head: float = 0.6  # chance that a window of a clip starting at world frame 0 starts there too
+    # Chance that a window of a clip starting at world frame 0 starts there too
+    # (0: windows start anywhere, as for the committed model).
+    head: float = 0.0
     # Extra loss weight on latent pixels that differ from their frame's background
     # (see `foreground_weights`): objects cover a tenth of a frame but carry the prompt.
     foreground_weight: float = 0.0
@@ -124,13 +126,14 @@ class ClipSampler:
                 f"latent clips have {length} frames; need frames + 1 = {config.frames + 1}"
             )
         self.clips, self.length = n, length
-        # Older latent sets do not record starts: every frame 0 counts as a start.
+        # Older latent sets do not record starts: every window's frame 0 is trained.
         starts = data.get("starts")
-        self.is_head = np.ones(n, dtype=bool) if starts is None else (starts.numpy() == 0)
+        self.starts_known = starts is not None
+        self.is_head = np.zeros(n, dtype=bool) if starts is None else (starts.numpy() == 0)
 
     def _offset(self, clip: int, count: int) -> int:
         """Where a window of ``count`` frames of ``clip`` starts (0: at the clip's start)."""
-        if self.is_head[clip] and self.rng.random() < self.config.head:
+        if self.config.head > 0 and self.is_head[clip] and self.rng.random() < self.config.head:
             return 0
         return int(self.rng.integers(self.length - count + 1))
 
@@ -155,11 +158,13 @@ class ClipSampler:
             elif r < c.switch + c.sink_gap:
                 gap = int(rng.integers(1, self.length - f + 1))
                 x = torch.cat([self._pick(clip, 0, 1), self._pick(clip, gap + 1, f - 1)])
-                mask[0] = float(self.is_head[clip])
+                if self.starts_known:
+                    mask[0] = float(self.is_head[clip])
             else:
                 start = self._offset(clip, f)
                 x = self._pick(clip, start, f)
-                mask[0] = float(self.is_head[clip] and start == 0)
+                if self.starts_known:
+                    mask[0] = float(self.is_head[clip] and start == 0)
             phrasing = int(rng.integers(self.prompt_index.shape[1]))
             xs.append(x)
             ctx.append(self.embeds[int(self.prompt_index[clip, phrasing])])

@@ -51,11 +51,11 @@ class LatentSetConfig:
     text_len: int = 32  # token rows kept per prompt (the generator's text_len)
     seed: int = 1  # differs from the autoencoder's data stream (seed 0)
     encode_batch: int = 2  # small passes keep activations in cache (8 was 2x slower)
-    layout: Layout = "canonical"  # scene layout (models.world.scene.sample_scene)
-    # Clips that start at frame 0, where the stream starts; the rest start
-    # anywhere in the first MAX_START_FRAME frames and teach continuation,
-    # bounces included.
-    head_fraction: float = 0.75
+    layout: Layout = "random"  # scene layout (models.world.scene.sample_scene)
+    # Fraction of clips that start at frame 0, where a stream starts; the rest
+    # start anywhere in the first MAX_START_FRAME frames and teach continuation,
+    # bounces included. None: every clip starts anywhere (the committed model's set).
+    head_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.clips < 1 or self.phrasings < 1 or self.encode_batch < 1:
@@ -64,7 +64,7 @@ class LatentSetConfig:
             raise ValueError(f"frames must be a positive multiple of 4, got {self.frames}")
         if self.size % 8:
             raise ValueError(f"size must be a multiple of 8, got {self.size}")
-        if not 0.0 <= self.head_fraction <= 1.0:
+        if self.head_fraction is not None and not 0.0 <= self.head_fraction <= 1.0:
             raise ValueError(f"head_fraction must be in [0, 1], got {self.head_fraction}")
 
 
@@ -86,8 +86,12 @@ def build_latent_set(
     starts: list[int] = []
     for _ in range(config.clips):
         scenes.append(sample_scene(rng, layout=config.layout))
-        head = rng.random() < config.head_fraction
-        starts.append(0 if head else int(rng.integers(1, MAX_START_FRAME)))
+        if config.head_fraction is None:
+            starts.append(int(rng.integers(MAX_START_FRAME)))
+        elif rng.random() < config.head_fraction:
+            starts.append(0)
+        else:
+            starts.append(int(rng.integers(1, MAX_START_FRAME)))
 
     t0 = time.perf_counter()
     chunks: list[Tensor] = []

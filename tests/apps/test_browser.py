@@ -71,7 +71,11 @@ def _chromium() -> str:
         pytest.skip(
             f"{CHROMIUM} is missing and installing it needs root (apt-get install chromium)"
         )
-    subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, timeout=600)
+    install = ["apt-get", "install", "-y", "-q", "chromium"]
+    if subprocess.run(install, timeout=600).returncode != 0:
+        # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-q"], check=True, timeout=600)
+        subprocess.run(install, check=True, timeout=600)
     assert os.path.exists(CHROMIUM), "apt-get install chromium did not provide /usr/bin/chromium"
     return CHROMIUM
 
