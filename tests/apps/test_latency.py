@@ -11,12 +11,11 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Coroutine
-from typing import Any, TypeVar
 
 import aiohttp
 import numpy as np
 import pytest
+from live import run
 from websockets.asyncio.client import connect
 
 from apps.factory import ModelOptions
@@ -27,14 +26,6 @@ FPS = 16  # the embedded defaults' frame rate; nano makes 12-frame blocks (0.75 
 SECONDS = 30.0
 READ_INTERVAL = 2.0 / FPS  # half the production rate
 AGE_BOUND = 1.0  # seconds: under two read intervals plus one block (0.75 s) of slack
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
 
 
 @pytest.mark.slow

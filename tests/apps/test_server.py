@@ -12,43 +12,27 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import av
 import pytest
+from live import run, serving
 from websockets.asyncio.client import connect
 from websockets.sync.client import connect as sync_connect
 
 from apps.factory import ModelOptions
-from apps.server import ServerConfig, ServerHandle, ServerThread, SharedStreamFactory, start_server
+from apps.server import ServerConfig, ServerThread, SharedStreamFactory
 
 FPS = 48
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
-
-
 @pytest.fixture(scope="module")
 def factory() -> SharedStreamFactory:
     return SharedStreamFactory(ModelOptions(preset="nano", height=64, width=64, fps=FPS))
-
-
-@contextlib.asynccontextmanager
-async def serving(factory: SharedStreamFactory, **options: Any) -> AsyncIterator[ServerHandle]:
-    handle = await start_server(ServerConfig(host="127.0.0.1", port=0, **options), factory)
-    try:
-        yield handle
-    finally:
-        await handle.stop()
 
 
 # ---- Prometheus text format, checked line by line ----

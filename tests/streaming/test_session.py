@@ -6,11 +6,11 @@ import asyncio
 import itertools
 import re
 import time
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import torch
+from live import run
 from torch import Tensor
 
 from apps.factory import ModelOptions
@@ -31,13 +31,6 @@ from streaming.session import (
 
 FPS = 48  # frames/s of the test streams: more frames per second of test time
 T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,18 @@ import itertools
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from fractions import Fraction
 from typing import Any, TypeVar
 
 import av
 import pytest
+from live import run, serving
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apps.factory import ModelOptions
-from apps.server import ServerConfig, ServerHandle, SharedStreamFactory, start_server
+from apps.server import SharedStreamFactory
 from streaming import wsproto
 from streaming.websocket import WebSocketConfig
 from streaming.wsproto import FrameError, MediaHeader, MsgType, PayloadKind
@@ -28,25 +29,9 @@ FPS = 48
 T = TypeVar("T")
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
-
-
 @pytest.fixture(scope="module")
 def factory() -> SharedStreamFactory:
     return SharedStreamFactory(ModelOptions(preset="nano", height=64, width=64, fps=FPS))
-
-
-@contextlib.asynccontextmanager
-async def serving(factory: SharedStreamFactory, **options: Any) -> AsyncIterator[ServerHandle]:
-    handle = await start_server(ServerConfig(host="127.0.0.1", port=0, **options), factory)
-    try:
-        yield handle
-    finally:
-        await handle.stop()
 
 
 class Client:
