@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import av
@@ -27,7 +27,6 @@ from apps.server import ServerConfig, ServerThread, SharedStreamFactory
 
 FPS = 48
 REPO = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")

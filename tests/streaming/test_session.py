@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import re
 import time
-from typing import TypeVar
 
 import pytest
 import torch
@@ -30,7 +29,6 @@ from streaming.session import (
 )
 
 FPS = 48  # frames/s of the test streams: more frames per second of test time
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")

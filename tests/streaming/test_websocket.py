@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from fractions import Fraction
-from typing import Any, TypeVar
+from typing import Any
 
 import av
 import pytest
@@ -26,7 +26,6 @@ from streaming.websocket import WebSocketConfig
 from streaming.wsproto import FrameError, MediaHeader, MsgType, PayloadKind
 
 FPS = 48
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
