@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from apps.factory import VAE_TEMPORAL, ModelOptions, build_stream, parse_steps
+from engine.denoisers import DENOISERS
 from engine.stream import SWITCH_MODES
 
 log = logging.getLogger("framecast")
@@ -54,6 +55,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--window", type=int, help="recent latent frames kept; 0 = global (model default)"
     )
     g.add_argument("--positions", choices=["relative", "absolute"], default=d.positions)
+    g.add_argument(
+        "--denoiser",
+        choices=DENOISERS,
+        default=d.denoiser,
+        help="plain (Self-Forcing loop, the reference), stream_batch (one block per step in "
+        "flight) or rolling (Rolling Forcing window); see docs/parallel.md",
+    )
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device)
     g.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"])
@@ -76,6 +84,7 @@ def model_options(a: argparse.Namespace) -> ModelOptions:
         sinks=0 if a.window == 0 else a.sinks,
         window=a.window,
         positions=a.positions,
+        denoiser=a.denoiser,
         seed=a.seed,
         device=a.device,
         dtype=a.dtype,

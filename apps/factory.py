@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from engine.cache import CacheConfig, PositionMode
+from engine.denoisers import Denoiser
 from engine.protocols import PromptEncoder, StreamingDecoder
 from engine.schedule import FlowSchedule
 from engine.stream import Stream, StreamConfig
@@ -68,6 +69,7 @@ class ModelOptions:
     window: int | None = None  # 0: global attention over max_frames
     max_frames: int = 21
     positions: PositionMode = "relative"
+    denoiser: Denoiser = "plain"  # engine.denoisers: plain, stream_batch, rolling
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -183,5 +185,6 @@ def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
         cache=cache,
         fps=opts.fps,
         seed=opts.seed,
+        denoiser=opts.denoiser,
     )
     return Stream(model, decoder, encoder, stream_config, name=name)

@@ -121,6 +121,10 @@ class BlockPlan:
     attn_end: int
     commit_start: int | None  # token range the block is committed to, if committing
     sink_raw_start: int | None  # token offset in the raw sink buffer, if committing to sinks
+    # Relative positions: the temporal position sink slot 0 must have while this block
+    # attends (None: no re-alignment). Applied per layer when the forward runs, not when
+    # the plan is made, so plans made ahead (stream batch, pipelines) stay exact.
+    sink_position: int | None = None
 
     @property
     def commit(self) -> bool:
@@ -187,7 +191,8 @@ class KVCache:
         self.sink_filled = 0
         self.sink_first_frame = 0
         self.ring_count = 0  # frames ever written to the ring since reset/compaction
-        self._sink_offset = 0  # temporal offset currently baked into the sink keys
+        # temporal position of sink slot 0 currently baked into each layer's sink keys
+        self._sink_rotation: list[int | None] = [None] * self.geometry.num_layers
 
     @property
     def ring_valid(self) -> int:
@@ -225,7 +230,7 @@ class KVCache:
                 f"global cache is full ({c.max_frames} frames); use a rolling window "
                 "(CacheConfig.rolling_window) for streams longer than max_frames"
             )
-        self._align_sinks(start)
+        sink_position = self._sink_position(start)
         scratch_end = self.scratch_tokens
         scratch_start = scratch_end - num_frames * tpf
         commit_start = sink_raw = None
@@ -250,6 +255,7 @@ class KVCache:
             attn_end=scratch_end + self.frames_kept * tpf,
             commit_start=commit_start,
             sink_raw_start=sink_raw,
+            sink_position=sink_position,
         )
 
     def commit(self, plan: BlockPlan, latents: Tensor) -> None:
@@ -273,6 +279,7 @@ class KVCache:
     def write_scratch(self, layer: int, plan: BlockPlan, k: Tensor, v: Tensor) -> None:
         """Store a layer's keys/values [B, H, n, D] for the block in the scratch slots,
         so the block attends to itself. Call before attending."""
+        self._align_sinks(layer, plan.sink_position)
         s0, s1 = plan.scratch_start, plan.scratch_end
         self.k[layer, :, :, s0:s1] = k
         self.v[layer, :, :, s0:s1] = v
@@ -290,6 +297,8 @@ class KVCache:
         if plan.sink_raw_start is not None and self.k_sink_raw is not None:
             r0 = plan.sink_raw_start
             self.k_sink_raw[layer, :, :, r0 : r0 + k.shape[2]] = k_raw
+            # the sink keys of this layer now sit at their true positions
+            self._sink_rotation[layer] = plan.frame_index - r0 // self.tokens_per_frame
 
     def keys(self, layer: int, plan: BlockPlan) -> Tensor:
         return self.k[layer, :, :, plan.attn_start : plan.attn_end]
@@ -299,24 +308,28 @@ class KVCache:
 
     # ---- positions ----
 
-    def _align_sinks(self, block_frame: int) -> None:
-        """Relative mode: put sinks right before the oldest non-sink frame in context."""
+    def _sink_position(self, block_frame: int) -> int | None:
+        """Relative mode: where sink slot 0 must sit for a block at block_frame, right
+        before the oldest non-sink frame in its context (None when sinks are not full)."""
         c = self.config
         if self.k_sink_raw is None or self.sink_filled < c.sink_frames:
-            return
+            return None
         oldest = self.next_frame - self.ring_valid if self.ring_valid else block_frame
-        offset = oldest - c.sink_frames - self.sink_first_frame
-        if offset == self._sink_offset:
+        return oldest - c.sink_frames
+
+    def _align_sinks(self, layer: int, position: int | None) -> None:
+        """Re-rotate one layer's sink keys from their raw copy to ``position`` (exact)."""
+        if position is None or self.k_sink_raw is None or self._sink_rotation[layer] == position:
             return
         h, w = self.geometry.grid_hw
-        first = self.sink_first_frame + offset
-        positions = torch.arange(first, first + c.sink_frames, device=self.device)
+        sinks = self.config.sink_frames
+        positions = torch.arange(position, position + sinks, device=self.device)
         cos, sin = self.rope.cos_sin(positions, h, w)  # [S*tpf, 1, D/2]
         s0 = self.scratch_tokens
-        self.k[:, :, :, s0 : s0 + self.sink_tokens] = apply_rope(
-            self.k_sink_raw, cos.squeeze(1), sin.squeeze(1)
+        self.k[layer, :, :, s0 : s0 + self.sink_tokens] = apply_rope(
+            self.k_sink_raw[layer], cos.squeeze(1), sin.squeeze(1)
         )
-        self._sink_offset = offset
+        self._sink_rotation[layer] = position
 
     # ---- history edits (rare: prompt switches, rollbacks) ----
 

@@ -20,10 +20,44 @@ import torch
 from torch import Tensor
 
 from engine.cache import CacheConfig, CrossAttentionCache, KVCache
-from engine.protocols import CausalGenerator
+from engine.protocols import CausalGenerator, FlowRequest
 from engine.schedule import FlowSchedule, add_noise
 
 NoiseSource = Callable[[tuple[int, ...]], Tensor]
+
+
+def sampler_step(
+    schedule: FlowSchedule, i: int, x: Tensor, flow: Tensor, noise: NoiseSource
+) -> tuple[Tensor, Tensor]:
+    """After step i's flow: the clean estimate x0 and the input of step i + 1 (x0 again
+    after the last step). Draws noise only for a "renoise" step that has a successor."""
+    sigmas = schedule.sigmas
+    x0 = x - sigmas[i] * flow
+    if i + 1 == len(sigmas):
+        return x0, x0
+    if schedule.sampler == "euler":
+        return x0, x + (sigmas[i + 1] - sigmas[i]) * flow
+    return x0, add_noise(x0, noise(tuple(x0.shape)), sigmas[i + 1])
+
+
+def commit_request(
+    schedule: FlowSchedule,
+    x0: Tensor,
+    frame_index: int,
+    context: Tensor,
+    cross: CrossAttentionCache,
+    cache: KVCache,
+    noise: NoiseSource,
+) -> FlowRequest:
+    """The forward that writes a clean block [B, F, C, H, W] into the cache, optionally
+    re-noised to the schedule's context level (plans the commit; the caller runs it and
+    then calls cache.commit(request.plan, x0))."""
+    context_x = x0
+    if schedule.context_sigma > 0:
+        context_x = add_noise(x0, noise(tuple(x0.shape)), schedule.context_sigma)
+    plan = cache.plan(x0.shape[1], commit=True, frame_index=frame_index)
+    t = torch.full((x0.shape[0], x0.shape[1]), 1000.0 * schedule.context_sigma, device=x0.device)
+    return FlowRequest(context_x, t, context, cross, cache, plan)
 
 
 class SeededNoise:
@@ -103,30 +137,22 @@ class DenoisingLoop:
         x = self.noise(self.block_shape)
         plan = cache.plan(frames)
         x0 = x
-        for i, (t, sigma) in enumerate(zip(s.timesteps, s.sigmas, strict=True)):
+        for i, t in enumerate(s.timesteps):
             flow = self.model.predict_flow(
                 x, self._timesteps(t, frames), self.context, self.cross, cache, plan
             )
-            x0 = x - sigma * flow
-            if i + 1 < len(s.steps):
-                if s.sampler == "euler":
-                    x = x + (s.sigmas[i + 1] - sigma) * flow
-                else:
-                    x = add_noise(x0, self.noise(self.block_shape), s.sigmas[i + 1])
+            x0, x = sampler_step(s, i, x, flow, self.noise)
         self._commit(x0, plan.frame_index)
         self.blocks_done += 1
         return x0
 
     def _commit(self, x0: Tensor, frame_index: int) -> None:
-        s, frames = self.schedule, x0.shape[1]
-        context_x = x0
-        if s.context_sigma > 0:
-            context_x = add_noise(x0, self.noise(tuple(x0.shape)), s.context_sigma)
-        plan = self.cache.plan(frames, commit=True, frame_index=frame_index)
-        t = self._timesteps(1000.0 * s.context_sigma, frames)
         assert self.context is not None
-        self.model.predict_flow(context_x, t, self.context, self.cross, self.cache, plan)
-        self.cache.commit(plan, x0)
+        request = commit_request(
+            self.schedule, x0, frame_index, self.context, self.cross, self.cache, self.noise
+        )
+        self.model.predict_flow(*request.args())
+        self.cache.commit(request.plan, x0)
 
     @torch.inference_mode()
     def recache(self, context: Tensor) -> None:

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from engine.cache import BlockPlan, CacheConfig, CrossAttentionCache, KVCache
+
+
+@dataclass(frozen=True)
+class FlowRequest:
+    """One forward of a block: the arguments of CausalGenerator.predict_flow, kept together
+    so that several (from one stream batch, or several sessions) can run as one batch or
+    travel a pipeline."""
+
+    x: Tensor  # [B, F, C, H, W]
+    timesteps: Tensor  # [B, F] on the 0..1000 scale
+    context: Tensor  # [B, T, text_dim]
+    cross: CrossAttentionCache
+    cache: KVCache
+    plan: BlockPlan
+
+    def args(self) -> tuple[Tensor, Tensor, Tensor, CrossAttentionCache, KVCache, BlockPlan]:
+        return self.x, self.timesteps, self.context, self.cross, self.cache, self.plan
 
 
 @runtime_checkable
@@ -73,4 +92,60 @@ class PromptEncoder(Protocol):
 
     def encode(self, prompt: str) -> Tensor:
         """[T, text_dim] float32 for one prompt."""
+        ...
+
+
+@runtime_checkable
+class BatchedGenerator(CausalGenerator, Protocol):
+    """A generator that can run several independent block forwards in one batch."""
+
+    def predict_flow_many(self, requests: Sequence[FlowRequest]) -> list[Tensor]:
+        """One flow per request (empty for committing requests), as if each ran alone,
+        in order: a committing request is seen by the requests after it."""
+        ...
+
+
+@runtime_checkable
+class LayeredGenerator(CausalGenerator, Protocol):
+    """A generator whose forward splits into stages of contiguous transformer blocks
+    (what engine.parallel needs to pipeline a model it never imports)."""
+
+    @property
+    def num_layers(self) -> int: ...
+
+    def embed_block(self, x: Tensor) -> Tensor:
+        """First stage: latents [B, F, C, H, W] -> tokens [B, N, dim] float32."""
+        ...
+
+    def run_layers(
+        self,
+        tokens: Tensor,
+        timesteps: Tensor,
+        context: Tensor,
+        cross: CrossAttentionCache,
+        cache: KVCache,
+        plan: BlockPlan,
+        layers: range,
+    ) -> Tensor:
+        """Blocks ``layers`` on tokens [B, N, dim], with caches holding exactly those layers."""
+        ...
+
+    def head_out(self, tokens: Tensor, timesteps: Tensor, grid_hw: tuple[int, int]) -> Tensor:
+        """Last stage: tokens [B, N, dim] -> flow [B, F, C, H, W] float32."""
+        ...
+
+    def new_stage_caches(
+        self,
+        latent_hw: tuple[int, int],
+        block_frames: int,
+        config: CacheConfig,
+        layers: range,
+        *,
+        batch: int = 1,
+    ) -> tuple[KVCache, CrossAttentionCache]:
+        """Caches for blocks ``layers`` only; an empty range gives bookkeeping-only caches."""
+        ...
+
+    def keep_layers(self, layers: range) -> None:
+        """Free the blocks outside ``layers``."""
         ...

@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from engine.cache import CacheConfig
-from engine.loop import DenoisingLoop, LoopConfig, NoiseSource, SeededNoise
+from engine.denoisers import DENOISERS, BlockLoop, Denoiser, make_loop
+from engine.loop import LoopConfig, NoiseSource, SeededNoise
 from engine.media import VideoFrame
 from engine.protocols import CausalGenerator, PromptEncoder, StreamingDecoder
 from engine.schedule import FlowSchedule
@@ -60,10 +61,13 @@ class StreamConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     fps: int = 16  # video frames per second of the output clock
     seed: int = 0
+    denoiser: Denoiser = "plain"  # see engine.denoisers
 
     def __post_init__(self) -> None:
         if self.fps < 1:
             raise ValueError(f"fps must be >= 1, got {self.fps}")
+        if self.denoiser not in DENOISERS:
+            raise ValueError(f"denoiser must be one of {DENOISERS}, got {self.denoiser!r}")
 
 
 @dataclass
@@ -104,7 +108,7 @@ class Stream:
         )
         self.name = name
         self._noise = noise
-        self._loop: DenoisingLoop | None = None
+        self._loop: BlockLoop | None = None
         self._pending: tuple[str, SwitchMode] | None = None
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -121,8 +125,13 @@ class Stream:
             raise RuntimeError(f"[{self.name}] already started; call close() or switch_prompt()")
         c = self.config
         noise = self._noise or SeededNoise(c.seed, self.generator.device)
-        self._loop = DenoisingLoop(
-            self.generator, c.schedule, LoopConfig(c.block_frames, c.latent_hw), c.cache, noise
+        self._loop = make_loop(
+            c.denoiser,
+            self.generator,
+            c.schedule,
+            LoopConfig(c.block_frames, c.latent_hw),
+            c.cache,
+            noise,
         )
         self._loop.set_context(self._encode(prompt))
         self.decoder.reset()
@@ -151,7 +160,7 @@ class Stream:
         return self._loop is not None
 
     @property
-    def loop(self) -> DenoisingLoop:
+    def loop(self) -> BlockLoop:
         if self._loop is None:
             raise StreamClosedError(f"[{self.name}] stream is not running; call start() first")
         return self._loop

@@ -27,7 +27,8 @@ Layouts: latents are [B, F, C, H, W] (frame-major, "BFCHW"); tokens are
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ from engine.cache import (
     CrossAttentionCache,
     KVCache,
 )
+from engine.protocols import FlowRequest
 from engine.rope import Rope3D, apply_rope
 from models.wan.config import WanConfig
 
@@ -242,6 +244,25 @@ class _CachedSelfAttend:
         return y.transpose(1, 2)
 
 
+def _split_attend(attends: list[_CachedSelfAttend], rows: list[int]) -> SelfAttend:
+    """Self-attention for a batch of independent requests: each attends to its own cache."""
+
+    def attend(q: Tensor, k: Tensor, v: Tensor, k_raw: Tensor) -> Tensor:
+        parts = zip(
+            attends, q.split(rows), k.split(rows), v.split(rows), k_raw.split(rows), strict=True
+        )
+        return torch.cat([a(*args) for a, *args in parts])
+
+    return attend
+
+
+class _DroppedBlock(nn.Module):
+    """Stands in for a transformer block another pipeline stage owns."""
+
+    def forward(self, *args: object, **kwargs: object) -> Tensor:
+        raise RuntimeError("this block belongs to another pipeline stage (keep_layers)")
+
+
 class CausalWanModel(nn.Module):
     """Block-causal Wan DiT predicting flow (velocity) for latent frames.
 
@@ -272,7 +293,7 @@ class CausalWanModel(nn.Module):
 
     def layers(self) -> list[WanAttentionBlock]:
         """The transformer blocks, typed (nn.ModuleList iterates as plain Modules)."""
-        return [b for b in self.blocks if isinstance(b, WanAttentionBlock)]
+        return [cast(WanAttentionBlock, b) for b in self.blocks]
 
     # ---- protocol: engine.protocols.CausalGenerator ----
 
@@ -298,27 +319,7 @@ class CausalWanModel(nn.Module):
     def new_caches(
         self, latent_hw: tuple[int, int], block_frames: int, config: CacheConfig, *, batch: int = 1
     ) -> tuple[KVCache, CrossAttentionCache]:
-        c = self.config
-        geometry = CacheGeometry(
-            num_layers=c.num_layers,
-            num_heads=c.num_heads,
-            head_dim=c.head_dim,
-            grid_hw=self.grid_hw(latent_hw),
-            latent_shape=(c.in_dim, *latent_hw),
-            block_frames=block_frames,
-            batch=batch,
-        )
-        kv = KVCache(geometry, config, self.rope, dtype=self.dtype, device=self.device)
-        cross = CrossAttentionCache(
-            c.num_layers,
-            batch,
-            c.num_heads,
-            c.text_len,
-            c.head_dim,
-            dtype=self.dtype,
-            device=self.device,
-        )
-        return kv, cross
+        return self.new_stage_caches(latent_hw, block_frames, config, self.all_layers, batch=batch)
 
     def predict_flow(
         self,
@@ -334,22 +335,149 @@ class CausalWanModel(nn.Module):
         A committing plan only fills the cache and returns an empty tensor.
         """
         assert x.ndim == 5 and x.shape[1] == plan.num_frames, f"{x.shape=} {plan.num_frames=}"
-        tokens, (h, w) = self.embed_video(x)
-        e, e0 = self.embed_time(timesteps)
-        if not cross.valid:
-            self.fill_cross_cache(context, cross)
-        assert (h, w) == cache.geometry.grid_hw, f"{(h, w)=} vs cache {cache.geometry.grid_hw}"
-        cos, sin = plan.cos, plan.sin
-        last = len(self.blocks) - 1
-        for i, block in enumerate(self.layers()):
-            kv_only = plan.commit and i == last
-            cross_kv = (cross.k[i], cross.v[i])
-            tokens = block(
-                tokens, e0, cos, sin, cross_kv, _CachedSelfAttend(cache, plan, i), kv_only
-            )
+        tokens = self.embed_block(x)
+        tokens = self.run_layers(tokens, timesteps, context, cross, cache, plan, self.all_layers)
         if plan.commit:
             return tokens.new_empty(0)
-        return self.unpatchify(self.head(tokens, e), x.shape[1], h, w)
+        return self.head_out(tokens, timesteps, cache.geometry.grid_hw)
+
+    def predict_flow_many(self, requests: Sequence[FlowRequest]) -> list[Tensor]:
+        """Flows for several independent blocks in one batched forward (stream batch).
+
+        Each request keeps its own cache, plan and prompt; only the linear layers
+        are batched (the GPU win); attention runs per request against its own cache,
+        in request order, so a committing request listed first is seen by the
+        requests after it at every layer, as if it had run alone before them.
+        Returns one flow per request (empty for committing requests).
+        """
+        if len(requests) == 1 or len({r.x.shape for r in requests}) > 1:
+            return [self.predict_flow(*r.args()) for r in requests]
+        rows = [r.x.shape[0] for r in requests]
+        tokens = torch.cat([self.embed_block(r.x) for r in requests])
+        timesteps = torch.cat([r.timesteps for r in requests])
+        e, e0 = self.embed_time(timesteps)
+        for r in requests:
+            if not r.cross.valid:
+                self.fill_cross_cache(r.context, r.cross)
+        cos = torch.cat(
+            [
+                r.plan.cos.unsqueeze(0).expand(n, -1, -1, -1)
+                for r, n in zip(requests, rows, strict=True)
+            ]
+        )
+        sin = torch.cat(
+            [
+                r.plan.sin.unsqueeze(0).expand(n, -1, -1, -1)
+                for r, n in zip(requests, rows, strict=True)
+            ]
+        )
+        shared_cross = all(r.cross is requests[0].cross for r in requests)
+        for i, block in enumerate(self.layers()):
+            if shared_cross:
+                k, v = requests[0].cross.k[i], requests[0].cross.v[i]
+                cross_kv = (k.repeat(len(requests), 1, 1, 1), v.repeat(len(requests), 1, 1, 1))
+            else:
+                cross_kv = (
+                    torch.cat([r.cross.k[i] for r in requests]),
+                    torch.cat([r.cross.v[i] for r in requests]),
+                )
+            attends = [_CachedSelfAttend(r.cache, r.plan, i) for r in requests]
+            tokens = block(tokens, e0, cos, sin, cross_kv, _split_attend(attends, rows))
+        grid = requests[0].cache.geometry.grid_hw
+        flows = self.unpatchify(self.head(tokens, e), requests[0].x.shape[1], *grid)
+        out = list(flows.split(rows))
+        return [
+            tokens.new_empty(0) if r.plan.commit else f for r, f in zip(requests, out, strict=True)
+        ]
+
+    # ---- stages: the pieces a pipeline stage runs (engine.parallel) ----
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def all_layers(self) -> range:
+        return range(self.config.num_layers)
+
+    def embed_block(self, x: Tensor) -> Tensor:
+        """First stage: latents [B, F, C, H, W] -> float32 tokens [B, F*h*w, dim]."""
+        return self.embed_video(x)[0]
+
+    def run_layers(
+        self,
+        tokens: Tensor,
+        timesteps: Tensor,
+        context: Tensor,
+        cross: CrossAttentionCache,
+        cache: KVCache,
+        plan: BlockPlan,
+        layers: range,
+    ) -> Tensor:
+        """Run transformer blocks ``layers`` (a contiguous range) on tokens [B, N, dim].
+
+        ``cache`` and ``cross`` hold exactly these layers (a stage's own caches, or
+        the whole model's when layers covers every block): cache layer j is model
+        layer layers.start + j. A committing plan skips the output half of the
+        model's very last block, whose result nobody reads.
+        """
+        assert cache.geometry.num_layers == len(layers), f"{cache.geometry.num_layers=} {layers=}"
+        _, e0 = self.embed_time(timesteps)
+        if not cross.valid:
+            self.fill_cross_cache(context, cross, layers)
+        last = self.config.num_layers - 1
+        blocks = self.layers()
+        for j, i in enumerate(layers):
+            kv_only = plan.commit and i == last
+            cross_kv = (cross.k[j], cross.v[j])
+            attend = _CachedSelfAttend(cache, plan, j)
+            tokens = blocks[i](tokens, e0, plan.cos, plan.sin, cross_kv, attend, kv_only)
+        return tokens
+
+    def head_out(self, tokens: Tensor, timesteps: Tensor, grid_hw: tuple[int, int]) -> Tensor:
+        """Last stage: tokens [B, F*h*w, dim] -> flow [B, F, C, H, W] float32."""
+        e, _ = self.embed_time(timesteps)
+        return self.unpatchify(self.head(tokens, e), timesteps.shape[1], *grid_hw)
+
+    def new_stage_caches(
+        self,
+        latent_hw: tuple[int, int],
+        block_frames: int,
+        config: CacheConfig,
+        layers: range,
+        *,
+        batch: int = 1,
+    ) -> tuple[KVCache, CrossAttentionCache]:
+        """Caches for the blocks ``layers`` only (a pipeline stage's share). An empty
+        range gives bookkeeping-only caches: positions, ring slots and the kept
+        latents, but no keys or values (what a pipeline's driver holds)."""
+        c = self.config
+        geometry = CacheGeometry(
+            num_layers=len(layers),
+            num_heads=c.num_heads,
+            head_dim=c.head_dim,
+            grid_hw=self.grid_hw(latent_hw),
+            latent_shape=(c.in_dim, *latent_hw),
+            block_frames=block_frames,
+            batch=batch,
+        )
+        kv = KVCache(geometry, config, self.rope, dtype=self.dtype, device=self.device)
+        cross = CrossAttentionCache(
+            len(layers),
+            batch,
+            c.num_heads,
+            c.text_len,
+            c.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        return kv, cross
+
+    def keep_layers(self, layers: range) -> None:
+        """Drop every transformer block outside ``layers`` (a stage frees what it never runs)."""
+        for i in range(self.config.num_layers):
+            if i not in layers:
+                self.blocks[i] = _DroppedBlock()
 
     # ---- reference path: the whole sequence at once with a block-causal mask ----
 
@@ -436,12 +564,17 @@ class CausalWanModel(nn.Module):
         return self.text_embedding(context.to(self.dtype))
 
     @torch.inference_mode()
-    def fill_cross_cache(self, context: Tensor, cross: CrossAttentionCache) -> None:
+    def fill_cross_cache(
+        self, context: Tensor, cross: CrossAttentionCache, layers: range | None = None
+    ) -> None:
+        """Encode the prompt into the cross-attention cache of ``layers`` (default: all)."""
+        layers = self.all_layers if layers is None else layers
         ctx = self.embed_text(context)
-        for i, block in enumerate(self.layers()):
-            k, v = block.cross_attn.context_kv(ctx)
-            cross.k[i].copy_(k)
-            cross.v[i].copy_(v)
+        blocks = self.layers()
+        for j, i in enumerate(layers):
+            k, v = blocks[i].cross_attn.context_kv(ctx)
+            cross.k[j].copy_(k)
+            cross.v[j].copy_(v)
         cross.mark_filled()
 
     def unpatchify(self, tokens: Tensor, frames: int, h: int, w: int) -> Tensor:

@@ -83,7 +83,7 @@ def test_relative_positions_realign_sinks_before_window() -> None:
     commit_frames(cache, 20)
     plan = cache.plan(1)
     assert plan.positions.tolist() == [20]
-    assert cache._sink_offset == 17 - 2  # sinks now sit at frames 15, 16; window is 17..19
+    assert plan.sink_position == 17 - 2  # sinks now sit at frames 15, 16; window is 17..19
 
 
 @pytest.mark.parametrize("commits", [3, 9])  # before and after the ring wraps
