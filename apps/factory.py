@@ -17,7 +17,7 @@ import torch
 
 from engine.cache import CacheConfig, PositionMode
 from engine.denoisers import Denoiser
-from engine.protocols import PromptEncoder, StreamingDecoder
+from engine.protocols import CausalGenerator, PromptEncoder, StreamingDecoder
 from engine.schedule import FlowSchedule
 from engine.stream import Stream, StreamConfig
 from models.decoders import LatentPreviewDecoder
@@ -25,6 +25,7 @@ from models.embedded import BUNDLE_FILE, BUNDLES, load_bundle
 from models.text import HashingPromptEncoder, PrecomputedPromptEncoder, SentenceEncoder
 from models.wan.config import preset
 from models.wan.loader import build_model
+from models.wan.model import CausalWanModel
 
 log = logging.getLogger(__name__)
 
@@ -125,34 +126,54 @@ def parse_steps(text: str) -> tuple[int, ...]:
     return steps
 
 
-def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
-    """Everything a session needs, loaded offline."""
-    opts = opts.resolved()
+def build_generator(opts: ModelOptions) -> tuple[CausalWanModel, StreamingDecoder]:
+    """The generator and its decoder, loaded offline (options already resolved)."""
     if opts.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {opts.dtype!r}")
-    decoder: StreamingDecoder
     if opts.embedded:
         bundle = load_bundle(opts.preset)
-        config = bundle.wan_config
         model = bundle.generator(device=opts.device, dtype=DTYPES[opts.dtype])
-        decoder = bundle.decoder(device=opts.device)
-    else:
-        config = preset(opts.preset)
-        if opts.checkpoint is None:
-            log.warning(
-                "preset %r: no checkpoint given, using seeded random weights (output is "
-                "structured noise, not trained video)",
-                opts.preset,
-            )
-        model = build_model(
-            config,
-            checkpoint=opts.checkpoint,
-            device=opts.device,
-            dtype=DTYPES[opts.dtype],
-            seed=opts.seed,
-            use_ema=opts.use_ema,
+        return model, bundle.decoder(device=opts.device)
+    config = preset(opts.preset)
+    if opts.checkpoint is None:
+        log.warning(
+            "preset %r: no checkpoint given, using seeded random weights (output is "
+            "structured noise, not trained video)",
+            opts.preset,
         )
-        decoder = LatentPreviewDecoder(config.out_dim, device=opts.device)
+    model = build_model(
+        config,
+        checkpoint=opts.checkpoint,
+        device=opts.device,
+        dtype=DTYPES[opts.dtype],
+        seed=opts.seed,
+        use_ema=opts.use_ema,
+    )
+    return model, LatentPreviewDecoder(config.out_dim, device=opts.device)
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """Builds the generator in another process (a pipeline stage keeps only its blocks).
+
+    Picklable, so engine.parallel can hand it to the stage processes it spawns."""
+
+    opts: ModelOptions
+
+    def __call__(self, layers: range) -> CausalWanModel:
+        model, _ = build_generator(self.opts.resolved())
+        model.keep_layers(layers)
+        return model.eval()
+
+
+def build_stream(
+    opts: ModelOptions, *, name: str = "stream", generator: CausalGenerator | None = None
+) -> Stream:
+    """Everything a session needs, loaded offline. ``generator`` replaces the model's
+    forwards (a pipeline's PipelinedGenerator); the decoder and encoder stay local."""
+    opts = opts.resolved()
+    model, decoder = build_generator(opts)
+    config = model.config
     encoder: PromptEncoder
     if opts.text_embeds is not None:
         encoder = PrecomputedPromptEncoder(opts.text_embeds)
@@ -187,4 +208,4 @@ def build_stream(opts: ModelOptions, *, name: str = "stream") -> Stream:
         seed=opts.seed,
         denoiser=opts.denoiser,
     )
-    return Stream(model, decoder, encoder, stream_config, name=name)
+    return Stream(generator or model, decoder, encoder, stream_config, name=name)

@@ -3,11 +3,13 @@
 A stream commits one block of latent frames at a time. Each layer's keys and
 values live in one preallocated buffer laid out in frame slots::
 
-    [ scratch: block_frames | sinks: sink_frames | ring: window_frames ]
+    [ scratch: scratch_frames | sinks: sink_frames | ring: window_frames ]
 
-- scratch holds the block being denoised (written every step, never kept);
-  a block of n < block_frames frames sits at its end, so the attended region
-  is always one contiguous prefix-free slice [attn_start, attn_end).
+- scratch holds the frames being denoised (written every step, never kept):
+  one block (scratch_frames = block_frames, the default), or a whole window
+  of blocks denoised jointly (Rolling Forcing, engine.rolling). n frames sit
+  at its end, so the attended region is always one contiguous slice
+  [attn_start, attn_end). Commits stay one block at a time.
 - sinks hold the first frames of the stream, pinned forever.
 - ring holds the most recent window_frames frames; a commit overwrites the
   oldest block in place. No allocation, no shifting, O(block) per commit.
@@ -57,6 +59,9 @@ class CacheConfig:
     max_frames: int = 21  # capacity in global mode (sinks included)
     positions: PositionMode = "relative"
     rope_max_positions: int = 1024  # trained temporal RoPE table; enforced in absolute mode
+    # Frames one non-committing forward may hold (a window of blocks denoised jointly,
+    # engine.rolling); None = one block. Commits are always at most one block.
+    scratch_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.sink_frames < 0:
@@ -67,6 +72,8 @@ class CacheConfig:
             raise ValueError(f"global cache needs max_frames > sink_frames, got {self.max_frames}")
         if self.positions not in ("relative", "absolute"):
             raise ValueError(f"positions must be 'relative' or 'absolute', got {self.positions!r}")
+        if self.scratch_frames is not None and self.scratch_frames < 1:
+            raise ValueError(f"scratch_frames must be >= 1 or None, got {self.scratch_frames}")
 
     @property
     def rolling(self) -> bool:
@@ -162,11 +169,16 @@ class KVCache:
                 f"sink_frames ({c.sink_frames}) and window frames ({c.ring_frames}) must be "
                 f"multiples of block_frames ({bf}) so that blocks never straddle regions"
             )
+        self.scratch_frames = bf if c.scratch_frames is None else c.scratch_frames
+        if self.scratch_frames < bf:
+            raise ValueError(
+                f"scratch_frames ({self.scratch_frames}) must hold at least one block ({bf})"
+            )
         self.geometry, self.config, self.rope = g, c, rope
         self.device = torch.device(device)
         tpf = g.tokens_per_frame
         self.tokens_per_frame = tpf
-        self.scratch_tokens = bf * tpf
+        self.scratch_tokens = self.scratch_frames * tpf
         self.sink_tokens = c.sink_frames * tpf
         self.ring_tokens = c.ring_frames * tpf
         slots = self.scratch_tokens + self.sink_tokens + self.ring_tokens
@@ -212,11 +224,16 @@ class KVCache:
     def plan(
         self, num_frames: int, *, commit: bool = False, frame_index: int | None = None
     ) -> BlockPlan:
-        """Plan a forward over the next block (or the block at frame_index, for recache)."""
+        """Plan a forward over the next block (or the block at frame_index, for recache).
+
+        A committing forward holds one block (1..block_frames frames); a denoising
+        forward may hold up to scratch_frames frames (a window of blocks)."""
         c, tpf = self.config, self.tokens_per_frame
         bf = self.geometry.block_frames
-        if not 1 <= num_frames <= bf:
-            raise ValueError(f"a block has 1..{bf} frames, got {num_frames}")
+        most = bf if commit else self.scratch_frames
+        if not 1 <= num_frames <= most:
+            what = "a block" if most == bf else "a forward"
+            raise ValueError(f"{what} has 1..{most} frames, got {num_frames}")
         start = self.next_frame if frame_index is None else frame_index
         if c.positions == "absolute" and start + num_frames > c.rope_max_positions:
             raise CacheError(
@@ -225,7 +242,9 @@ class KVCache:
                 "streams of any length"
             )
         to_sinks = self.sink_filled < c.sink_frames
-        if not to_sinks and not c.rolling and self.ring_count + num_frames > c.ring_frames:
+        # what the next commit will add: at most one block, even for a window forward
+        adds = min(num_frames, bf)
+        if not to_sinks and not c.rolling and self.ring_count + adds > c.ring_frames:
             raise CacheError(
                 f"global cache is full ({c.max_frames} frames); use a rolling window "
                 "(CacheConfig.rolling_window) for streams longer than max_frames"

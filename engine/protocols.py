@@ -113,6 +113,11 @@ class LayeredGenerator(CausalGenerator, Protocol):
     @property
     def num_layers(self) -> int: ...
 
+    @property
+    def token_dim(self) -> int:
+        """Width of the activations passed between stages."""
+        ...
+
     def embed_block(self, x: Tensor) -> Tensor:
         """First stage: latents [B, F, C, H, W] -> tokens [B, N, dim] float32."""
         ...

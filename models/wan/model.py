@@ -397,6 +397,10 @@ class CausalWanModel(nn.Module):
         return self.config.num_layers
 
     @property
+    def token_dim(self) -> int:
+        return self.config.dim
+
+    @property
     def all_layers(self) -> range:
         return range(self.config.num_layers)
 
