@@ -38,13 +38,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from aiohttp import web
 from websockets.asyncio.server import Server as WsServer
 
-from apps.factory import ModelOptions, build_stream
+from apps.factory import GeneratorSpec, ModelOptions, build_stream
 from engine.media import VideoFrame
+from engine.parallel import Pipeline, PipelineConfig
+from engine.protocols import CausalGenerator
 from engine.stream import Stream
 from models.wan.model import CausalWanModel
 from streaming.control import (
@@ -114,12 +116,32 @@ class SharedStreamFactory:
     (a copy of the template's decoder); the generator and prompt encoder are
     shared read-only, which the engine allows: the model keeps no per-stream
     state outside the caches it is handed.
+
+    With a PipelineConfig the generator's forwards run on a pipeline of stage
+    processes (engine.parallel); the decoder and prompt encoder stay here. If a
+    stage dies or hangs, the sessions running then end with an error and the
+    next session starts a fresh pipeline.
     """
 
-    def __init__(self, opts: ModelOptions) -> None:
+    def __init__(self, opts: ModelOptions, pipeline: PipelineConfig | None = None) -> None:
         self.opts = opts.resolved()
-        self._template = build_stream(self.opts, name="template")
+        self.pipeline_config = pipeline
+        self.pipeline: Pipeline | None = None
+        self.pipeline_restarts = 0
+        generator = None
+        if pipeline is not None:
+            self.pipeline = _start_pipeline(self.opts, pipeline)
+            generator = self.pipeline.generator
+        self._template = build_stream(self.opts, name="template", generator=generator)
+        self._patch = self._template_patch()
         self._lock = threading.Lock()  # sessions are built on their own worker threads
+
+    def _template_patch(self) -> tuple[int, int, int]:
+        model = self._template.generator
+        if isinstance(model, CausalWanModel):
+            return model.config.patch_size
+        assert self.pipeline is not None
+        return cast(CausalWanModel, self.pipeline.model).config.patch_size
 
     @property
     def fps(self) -> int:
@@ -137,6 +159,18 @@ class SharedStreamFactory:
             height=c.latent_hw[0] * up,
         )
 
+    def _generator(self) -> CausalGenerator:
+        """The shared generator; a failed pipeline is replaced first (caller holds the lock)."""
+        if self.pipeline is None:
+            return self._template.generator
+        if not self.pipeline.healthy:
+            assert self.pipeline_config is not None
+            log.warning("pipeline failed (%s); starting a new one", self.pipeline.error)
+            self.pipeline.close()
+            self.pipeline = _start_pipeline(self.opts, self.pipeline_config)
+            self.pipeline_restarts += 1
+        return self.pipeline.generator
+
     def __call__(self, params: StartParams) -> Stream:
         t = self._template
         config = t.config
@@ -147,15 +181,25 @@ class SharedStreamFactory:
                 config, schedule=dataclasses.replace(config.schedule, steps=params.steps)
             )
         if params.width is not None and params.height is not None:
-            model = t.generator
-            if not isinstance(model, CausalWanModel):
-                raise ValueError("this model cannot change its resolution")
             sized = dataclasses.replace(self.opts, width=params.width, height=params.height)
-            config = dataclasses.replace(config, latent_hw=sized.latent_hw(model.config.patch_size))
+            config = dataclasses.replace(config, latent_hw=sized.latent_hw(self._patch))
         with self._lock:
             decoder = copy.deepcopy(t.decoder)
+            generator = self._generator()
         decoder.reset()
-        return Stream(t.generator, decoder, t.encoder, config)
+        return Stream(generator, decoder, t.encoder, config)
+
+    def close(self) -> None:
+        """Stop the pipeline's stage processes, if any."""
+        if self.pipeline is not None:
+            self.pipeline.close()
+
+
+def _start_pipeline(opts: ModelOptions, config: PipelineConfig) -> Pipeline:
+    spec = GeneratorSpec(opts)
+    if os.environ.get("RANK") is not None and os.environ.get("WORLD_SIZE") is not None:
+        return Pipeline.attach(spec, config)  # launched by torchrun: this is rank 0
+    return Pipeline.spawn(spec, config)
 
 
 class FirstSessionRecorder:
@@ -527,15 +571,18 @@ class ServerThread:
         self.stop()
 
 
-def run_server(config: ServerConfig, opts: ModelOptions) -> int:
+def run_server(
+    config: ServerConfig, opts: ModelOptions, pipeline: PipelineConfig | None = None
+) -> int:
     """Serve until SIGINT/SIGTERM (the `framecast serve` command); returns an exit code."""
 
     async def main() -> None:
         log.info("loading %s ...", opts.preset)
-        factory = await asyncio.to_thread(SharedStreamFactory, opts)
+        factory = await asyncio.to_thread(SharedStreamFactory, opts, pipeline)
         try:
             handle = await start_server(config, factory)
         except OSError as e:  # port in use, address not on this machine, ...
+            factory.close()
             raise RuntimeError(f"cannot listen on {config.host}:{config.port}: {e}") from None
         print(
             f"framecast serving {handle.http_url}/ (WebSocket {handle.ws_url}); Ctrl-C stops",
@@ -549,6 +596,7 @@ def run_server(config: ServerConfig, opts: ModelOptions) -> int:
             await stop.wait()
         finally:
             await handle.stop()
+            await asyncio.to_thread(factory.close)
 
     asyncio.run(main())
     return 0
@@ -582,7 +630,58 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ice-server", action="append", default=[], help="stun:/turn: URL (repeatable)")
     p.add_argument("--record", type=Path, help="record the first session to this MP4")
     p.add_argument("--web-root", type=Path, default=d.web_root, help="static files of the page")
+    g = p.add_argument_group("pipeline parallelism (docs/parallel.md)")
+    g.add_argument(
+        "--pipeline",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the generator as an N-stage pipeline of processes (0: in this process)",
+    )
+    g.add_argument(
+        "--pipeline-layers",
+        type=parse_layer_ranges,
+        help="blocks per stage, e.g. 0-1,2-3 (default: an even split)",
+    )
+    g.add_argument(
+        "--pipeline-backend", choices=["gloo", "nccl"], default="gloo", help="gloo: CPU tensors"
+    )
+    g.add_argument("--pipeline-threads", type=int, help="torch CPU threads per stage process")
+    g.add_argument(
+        "--pipeline-timeout",
+        type=float,
+        default=PipelineConfig().timeout_s,
+        help="seconds without a reply before a stage counts as hung",
+    )
     add_model_arguments(p)
+
+
+def parse_layer_ranges(text: str) -> tuple[tuple[int, int], ...]:
+    """ "0-1,2-3" -> ((0, 2), (2, 4)): inclusive block ranges per stage (argparse type)."""
+    ranges = []
+    for piece in text.split(","):
+        first, sep, last = piece.strip().partition("-")
+        if not first.isdigit() or (sep and not last.isdigit()):
+            raise argparse.ArgumentTypeError(
+                f"--pipeline-layers takes FIRST-LAST block ranges like 0-1,2-3, got {text!r}"
+            )
+        a = int(first)
+        b = int(last) if sep else a
+        ranges.append((a, b + 1))
+    return tuple(ranges)
+
+
+def pipeline_config(a: argparse.Namespace) -> PipelineConfig | None:
+    if not a.pipeline:
+        return None
+    return PipelineConfig(
+        stages=a.pipeline,
+        layers=a.pipeline_layers,
+        backend=a.pipeline_backend,
+        device="cuda" if a.pipeline_backend == "nccl" else "cpu",
+        threads_per_stage=a.pipeline_threads,
+        timeout_s=a.pipeline_timeout,
+    )
 
 
 def serve_command(a: argparse.Namespace) -> int:
@@ -603,4 +702,10 @@ def serve_command(a: argparse.Namespace) -> int:
         ws=WebSocketConfig(codec=a.ws_codec),
         record=a.record,
     )
-    return run_server(config, model_options(a))
+    opts, pipeline = model_options(a), pipeline_config(a)
+    if pipeline is not None and int(os.environ.get("RANK", "0")) > 0:
+        from engine.parallel.pipeline import serve_stage
+
+        serve_stage(GeneratorSpec(opts), pipeline)  # a torchrun-launched stage
+        return 0
+    return run_server(config, opts, pipeline)

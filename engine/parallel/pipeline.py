@@ -47,7 +47,14 @@ from torch import Tensor
 
 from engine.cache import BlockPlan, CacheConfig, CrossAttentionCache, KVCache
 from engine.parallel.split import split_layers
-from engine.parallel.stage import Channel, ModelFactory, StageSpec, StageWorker, configure_process
+from engine.parallel.stage import (
+    STATS_COLUMNS,
+    Channel,
+    ModelFactory,
+    StageSpec,
+    StageWorker,
+    configure_process,
+)
 from engine.parallel.wire import Header, Op, control_header, forward_header, new_cache_header
 from engine.protocols import FlowRequest
 
@@ -362,25 +369,28 @@ class Pipeline:
             self._pending.append(_Pending(seq, Future(), None, Op.FREE))
 
     def stage_stats(self) -> list[dict[str, float]]:
-        """Per stage: busy seconds, forwards run, seconds since start, utilisation."""
+        """Per stage: busy seconds, forwards run, seconds since start, utilisation, and the
+        number of stream caches it holds."""
         with self._lock:
             self._check()
+            self._free_dropped()
             seq = self._next_seq()
-            table = torch.zeros((self.stages, 3), dtype=torch.float64)
+            table = torch.zeros((self.stages, STATS_COLUMNS), dtype=torch.float64)
             future: Future[Tensor] = Future()
             self._send(control_header(Op.STATS, seq), [table])
-            self._pending.append(_Pending(seq, future, (self.stages, 3), Op.STATS))
+            self._pending.append(_Pending(seq, future, (self.stages, STATS_COLUMNS), Op.STATS))
             self._ready.notify_all()
         rows = self.result(future).tolist()
         return [
             {
                 "stage": i + 1,
-                "busy_s": b,
-                "forwards": int(n),
-                "wall_s": w,
-                "utilisation": b / w if w else 0.0,
+                "busy_s": busy,
+                "forwards": int(forwards),
+                "wall_s": wall,
+                "utilisation": busy / wall if wall else 0.0,
+                "caches": int(caches),
             }
-            for i, (b, n, w) in enumerate(rows)
+            for i, (busy, forwards, wall, caches) in enumerate(rows)
         ]
 
     def _next_seq(self) -> int:

@@ -36,6 +36,7 @@ from engine.protocols import LayeredGenerator
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT_SENDS = 8
+STATS_COLUMNS = 4  # busy_s, forwards, wall_s, caches
 ModelFactory = Callable[[range], LayeredGenerator]
 
 
@@ -156,13 +157,13 @@ class StageWorker:
             ch.send(context, self.next)
 
     def _stats(self, header: Header) -> None:
-        """Append [busy_s, items, wall_s] for this stage to the table passed along."""
+        """Fill this stage's row [busy_s, forwards, wall_s, caches held] of the table
+        passed along the ring."""
         stages = self.spec.world_size - 1
-        table = self.channel.recv((stages, 3), self.prev, torch.float64)
+        table = self.channel.recv((stages, STATS_COLUMNS), self.prev, torch.float64)
         wall = time.perf_counter() - self.started
-        table[self.spec.rank - 1] = torch.tensor(
-            [self.busy_s, self.items, wall], dtype=torch.float64
-        )
+        row = [self.busy_s, self.items, wall, len(self.caches)]
+        table[self.spec.rank - 1] = torch.tensor(row, dtype=torch.float64)
         self.channel.send_header(header, self.next)
         self.channel.send(table, self.next)
 
