@@ -64,7 +64,6 @@ from engine.protocols import CausalGenerator, FlowRequest
 from engine.schedule import FlowSchedule
 
 
-
 @dataclass
 class _Block:
     """A block in the window: its next forward runs denoising step ``step`` on ``x``."""

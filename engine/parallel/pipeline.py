@@ -123,9 +123,12 @@ def make_group(
 
 
 def _stage_device(config: PipelineConfig, rank: int) -> torch.device:
-    if config.device == "cuda":
-        return torch.device("cuda", (rank - 1) % max(torch.cuda.device_count(), 1))
-    return torch.device(config.device)
+    """Spawned stage r uses cuda:(r-1); under torchrun, the node-local rank's GPU."""
+    if config.device != "cuda":
+        return torch.device(config.device)
+    count = max(torch.cuda.device_count(), 1)
+    local = os.environ.get("LOCAL_RANK")
+    return torch.device("cuda", (int(local) if local is not None else rank - 1) % count)
 
 
 def _stage_main(spec: StageSpec, config: PipelineConfig, port: int) -> None:
@@ -170,6 +173,8 @@ def serve_stage(factory: ModelFactory, config: PipelineConfig) -> None:
         config.threads_per_stage,
     )
     device = _stage_device(config, rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     StageWorker(spec, dist.group.WORLD, device).run()
     dist.destroy_process_group()
 
