@@ -426,6 +426,25 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
     tb.set_defaults(func=cmd_train_bundle)
 
 
+def add_bench_pipeline(sub: argparse._SubParsersAction) -> None:
+    """`framecast bench-pipeline`: bench/pipeline_bench.py of this checkout (bench/ is not a
+    package; an install without the checkout has no such subcommand)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "pipeline_bench.py"
+    spec = importlib.util.spec_from_file_location("framecast_pipeline_bench", path)
+    if not path.is_file() or spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # the recipe of importlib's docs (dataclasses need it)
+    spec.loader.exec_module(module)
+    p = sub.add_parser(
+        "bench-pipeline", help="pipeline parallelism: measured streams next to the cost model"
+    )
+    module.add_pipeline_bench_arguments(p)
+    p.set_defaults(func=module.pipeline_bench_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="framecast", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -465,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_e2e_arguments(e)
     e.set_defaults(func=e2e_command)
+    add_bench_pipeline(sub)
 
     ev = sub.add_parser(
         "eval", help="prompt adherence, drift and switch response on held-out prompts (JSON)"

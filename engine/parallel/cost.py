@@ -33,9 +33,9 @@ Assumptions of ``predict`` (what it does not see):
   ``PipelineConfig(pin_cores=True)`` pins it; stages sharing a core take turns
   (a stage's work starts in the first idle gap of its core). The driver and
   other processes are not counted against any core;
-- the single-process baseline is ``predict(times, TransferTimes.zero(), 1, ...)``:
-  one stage, no transfers, forwards one after another (the batched executor
-  a single-process stream batch uses may do better than that).
+- the single-process baseline is ``predict(..., stages=1, in_process=True)``:
+  no transfers, no plan rebuilt on a stage, forwards one after another (the
+  batched executor a single-process stream batch uses may do better than that).
 
 Plain loop (engine.loop): each forward waits for the previous one, so a block
 costs k + 1 full round trips (k denoising steps and the commit) whatever the
@@ -57,7 +57,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -87,7 +87,7 @@ Split = Sequence[range] | Literal["balanced", "even"]
 
 @dataclass(frozen=True)
 class StageTimes:
-    """Seconds of the pieces of one forward over one block (batch ``batch``).
+    """Seconds of the pieces of one forward over one block.
 
     Every stage pays ``stage_overhead_s`` per forward; the first stage adds
     ``embed_s``, the last ``head_s`` (denoising forwards only)."""
@@ -127,27 +127,11 @@ class StageTimes:
         blocks have the same shapes, so one measured block stands for all of them)."""
         if self.num_layers != 1:
             raise ValueError(f"repeat_layers needs times of one block, got {self.num_layers}")
-        return _replace(
+        return dataclasses.replace(
             self,
             block_s=self.block_s * num_layers,
             commit_block_s=self.commit_block_s * num_layers,
         )
-
-    def scaled(self, factor: float) -> StageTimes:
-        """Every compute time multiplied by ``factor`` (bytes unchanged)."""
-        return _replace(
-            self,
-            block_s=tuple(t * factor for t in self.block_s),
-            commit_block_s=tuple(t * factor for t in self.commit_block_s),
-            embed_s=self.embed_s * factor,
-            head_s=self.head_s * factor,
-            stage_overhead_s=self.stage_overhead_s * factor,
-            stage_plan_s=self.stage_plan_s * factor,
-        )
-
-
-def _replace(times: StageTimes, **changes: object) -> StageTimes:
-    return dataclasses.replace(times, **changes)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -190,15 +174,12 @@ def fill_cache(cache: KVCache, cross: CrossAttentionCache, seed: int = 0) -> Non
     cross.mark_filled()
 
 
-def _median_time(fn: Callable[[], object], device: torch.device, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        synchronize(device)  # sync point: the clock starts on an idle device
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)  # sync point: the clock stops when the work is done
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)  # sync point: the clock starts on an idle device
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)  # sync point: the clock stops when the work is done
+    return time.perf_counter() - t0
 
 
 @torch.inference_mode()
@@ -212,6 +193,7 @@ def measure_block_times(
     *,
     batch: int = 1,
     layers: Sequence[int] | None = None,
+    commit: bool = True,
 ) -> StageTimes:
     """Time every piece of one forward over a block of ``block_frames`` latent frames.
 
@@ -224,6 +206,8 @@ def measure_block_times(
 
     ``layers``: the blocks to time (default all; a model built with fewer blocks
     than the one predicted for can stand in, see StageTimes.repeat_layers).
+    ``commit=False`` skips the committing forwards (their times are then the
+    denoising ones): half the time, for blocks too slow to time twice.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
@@ -257,11 +241,11 @@ def measure_block_times(
     def empty() -> object:
         return model.run_layers(tokens, t, empty_ctx, none_cross, none, none_plan, range(0))
 
-    def run(i: int, commit: bool) -> Callable[[], object]:
+    def run(i: int, committing: bool) -> Callable[[], object]:
         cache, cross, plan, plan_c = per_block[i]
         return lambda: model.run_layers(
-            tokens, t_commit if commit else t, empty_ctx, cross, cache,
-            plan_c if commit else plan, range(i, i + 1),
+            tokens, t_commit if committing else t, empty_ctx, cross, cache,
+            plan_c if committing else plan, range(i, i + 1),
         )  # fmt: skip
 
     pieces: dict[str, Callable[[], object]] = {
@@ -272,14 +256,17 @@ def measure_block_times(
     }
     for i in which:
         pieces[f"block{i}"] = run(i, False)
-        pieces[f"commit{i}"] = run(i, True)
+        if commit:
+            pieces[f"commit{i}"] = run(i, True)
     samples: dict[str, list[float]] = {k: [] for k in pieces}
     for r in range(warmup + repeats):
         for name, fn in pieces.items():
-            s = _median_time(fn, device, 1)
+            seconds = _timed(fn, device)
             if r >= warmup:
-                samples[name].append(s)
+                samples[name].append(seconds)
     med = {k: statistics.median(v) for k, v in samples.items()}
+    if not commit:
+        med |= {f"commit{i}": med[f"block{i}"] for i in which}
     fixed = med["empty"]
     plan0 = per_block[which[0]][2]
     return StageTimes(
@@ -371,7 +358,7 @@ def measure_transfer(
 ) -> TransferTimes:
     """One-way seconds of a message of each size between this process and a spawned one
     over gloo on 127.0.0.1 (half a ping-pong, median of ``repeats``), fitted as
-    latency + bytes / bandwidth by least squares."""
+    latency + bytes / bandwidth (fit_transfer)."""
     sizes = sorted({max(FLOAT_BYTES, int(n)) for n in nbytes_list})
     if not sizes or repeats < 1:
         raise ValueError("need at least one message size and repeats >= 1")
@@ -405,6 +392,9 @@ def measure_transfer(
                 if r >= warmup:
                     times.append((time.perf_counter() - t0) / 2)
             samples.append((buf.numel() * FLOAT_BYTES, statistics.median(times)))
+    except BaseException:
+        proc.kill()  # it may be waiting for a message that will never come
+        raise
     finally:
         proc.join(timeout=timeout_s)
         if proc.is_alive():
@@ -414,17 +404,22 @@ def measure_transfer(
 
 
 def fit_transfer(samples: Sequence[tuple[int, float]]) -> TransferTimes:
-    """Least-squares latency + bytes / bandwidth through (bytes, seconds) samples."""
+    """Latency + bytes / bandwidth through (bytes, seconds) samples, by least squares on
+    the relative error; no positive slope (noise) gives free bandwidth."""
     if len(samples) == 1 or len({n for n, _ in samples}) == 1:
         return TransferTimes(min(s for _, s in samples), math.inf, tuple(samples))
+    # Weighted by 1 / seconds^2 (relative error): otherwise the largest messages set the
+    # intercept, and most of a pipeline's messages are small (headers, timesteps).
     xs = [float(n) for n, _ in samples]
-    ys = [s for _, s in samples]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mx) ** 2 for x in xs
-    )
+    ys = [max(s, 1e-12) for _, s in samples]
+    ws = [1.0 / (y * y) for y in ys]
+    sw = sum(ws)
+    mx = sum(w * x for w, x in zip(ws, xs, strict=True)) / sw
+    my = sum(w * y for w, y in zip(ws, ys, strict=True)) / sw
+    sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs, strict=True))
+    slope = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys, strict=True)) / sxx
     if slope <= 0:
-        return TransferTimes(max(0.0, my), math.inf, tuple(samples))
+        return TransferTimes(statistics.median(ys), math.inf, tuple(samples))
     latency = max(0.0, my - slope * mx)
     return TransferTimes(latency, 1.0 / slope, tuple(samples))
 
@@ -450,7 +445,6 @@ class Prediction:
     ttfb_s: float  # first block out, from an empty pipe
     utilisation: tuple[float, ...]  # per stage: compute / wall in steady state
     bottleneck: int  # the stage (1-based) with the longest service time
-    assumptions: str = field(default="see engine.parallel.cost", repr=False)
 
 
 def _resolve_split(
