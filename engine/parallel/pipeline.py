@@ -27,6 +27,7 @@ Launch: ``Pipeline.spawn(factory, config)`` starts the stage processes itself
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import multiprocessing as mp
@@ -46,14 +47,15 @@ import torch.distributed as dist
 from torch import Tensor
 
 from engine.cache import BlockPlan, CacheConfig, CrossAttentionCache, KVCache
+from engine.parallel.channel import Channel
 from engine.parallel.split import split_layers
 from engine.parallel.stage import (
     STATS_COLUMNS,
-    Channel,
     ModelFactory,
     StageSpec,
     StageWorker,
     configure_process,
+    forward_payload_bytes,
 )
 from engine.parallel.wire import Header, Op, control_header, forward_header, new_cache_header
 from engine.protocols import FlowRequest
@@ -184,6 +186,7 @@ class _Pending:
     seq: int
     future: Future[Tensor]
     shape: tuple[int, ...] | None  # the flow coming back, None for a committing forward
+    reply_bytes: int  # the slot size when it was sent (what the reply is padded to)
     kind: Op = Op.FORWARD
     sent_at: float = field(default_factory=time.perf_counter)
 
@@ -214,9 +217,8 @@ class Pipeline:
         self.ranges = ranges
         self.model = factory(range(0))  # embeddings and head only: metadata and shadow caches
         self.stages = len(ranges)
-        self.channel = Channel(
-            group, torch.device(config.device if config.device == "cpu" else "cuda")
-        )
+        device = torch.device(config.device if config.device == "cpu" else "cuda")
+        self.channel = Channel(group, device, exact=config.backend == "nccl")
         self.generator = PipelinedGenerator(self)
         self.error: PipelineError | None = None
         self._lock = threading.Lock()  # serialises submissions (many sessions)
@@ -319,20 +321,14 @@ class Pipeline:
                 context = request.context
                 request.cross.mark_filled()
             seq = self._next_seq()
+            context_shape = None if context is None else tuple(context.shape)
             header = forward_header(
-                seq,
-                cache_id,
-                tuple(request.x.shape),
-                request.plan,
-                None if context is None else tuple(context.shape),
+                seq, cache_id, tuple(request.x.shape), request.plan, context_shape
             )
             future: Future[Tensor] = Future()
             shape = None if request.plan.commit else tuple(request.x.shape)
-            self._send(
-                header, [request.x, request.timesteps] + ([context] if context is not None else [])
-            )
-            self._pending.append(_Pending(seq, future, shape))
-            self._ready.notify_all()
+            self._enqueue(_Pending(seq, future, shape, self.channel.slot_bytes))
+            self._send(header, [request.x, request.timesteps], context)
         return future
 
     def result(self, handle: Future[Tensor]) -> Tensor:
@@ -355,13 +351,15 @@ class Pipeline:
         latent_hw: tuple[int, int],
         block_frames: int,
         config: CacheConfig,
+        payload_bytes: int,
     ) -> None:
         with self._lock:
             self._check()
             seq = self._next_seq()
-            self._send(new_cache_header(seq, cache_id, batch, latent_hw, block_frames, config), [])
-            self._pending.append(_Pending(seq, Future(), None, Op.NEW_CACHE))
-            self._ready.notify_all()
+            header = new_cache_header(seq, cache_id, batch, latent_hw, block_frames, config)
+            self._enqueue(_Pending(seq, Future(), None, self.channel.slot_bytes, Op.NEW_CACHE))
+            self._send(header, [])
+            self.channel.grow(payload_bytes)  # after sending, as every stage does
 
     def drop_cache(self, cache_id: int) -> None:
         """Called when a shadow cache is garbage-collected (any thread): freed on next submit."""
@@ -370,8 +368,8 @@ class Pipeline:
     def _free_dropped(self) -> None:
         while self._to_free:
             seq = self._next_seq()
+            self._enqueue(_Pending(seq, Future(), None, self.channel.slot_bytes, Op.FREE))
             self._send(control_header(Op.FREE, seq, self._to_free.pop()), [])
-            self._pending.append(_Pending(seq, Future(), None, Op.FREE))
 
     def stage_stats(self) -> list[dict[str, float]]:
         """Per stage: busy seconds, forwards run, seconds since start, utilisation, and the
@@ -382,9 +380,9 @@ class Pipeline:
             seq = self._next_seq()
             table = torch.zeros((self.stages, STATS_COLUMNS), dtype=torch.float64)
             future: Future[Tensor] = Future()
+            shape = (self.stages, STATS_COLUMNS)
+            self._enqueue(_Pending(seq, future, shape, self.channel.slot_bytes, Op.STATS))
             self._send(control_header(Op.STATS, seq), [table])
-            self._pending.append(_Pending(seq, future, (self.stages, STATS_COLUMNS), Op.STATS))
-            self._ready.notify_all()
         rows = self.result(future).tolist()
         return [
             {
@@ -402,11 +400,15 @@ class Pipeline:
         self._seq += 1
         return self._seq
 
-    def _send(self, header: Header, tensors: list[Tensor]) -> None:
+    def _enqueue(self, item: _Pending) -> None:
+        self._pending.append(item)
+        self._ready.notify_all()
+
+    def _send(self, header: Header, tensors: list[Tensor], context: Tensor | None = None) -> None:
         try:
-            self.channel.send_header(header, 1)
-            for t in tensors:
-                self.channel.send(t, 1)
+            self.channel.send(header, tensors, 1)
+            if context is not None:
+                self.channel.send_tensor(context, 1)
         except Exception as exc:  # a dead first stage shows up here
             self._fail_locked(PipelineError(f"sending to {self.describe_stage(1)} failed: {exc}"))
             raise self.error from exc  # type: ignore[misc]
@@ -415,31 +417,25 @@ class Pipeline:
 
     def _receive_loop(self) -> None:
         last = self.stages
+        timeout = datetime.timedelta(seconds=self.config.timeout_s)
         while True:
             with self._lock:
                 while not self._pending and not self._closing and self.error is None:
                     self._ready.wait()
-                if self._closing or self.error is not None:
+                if self.error is not None or (self._closing and not self._pending):
                     return
                 item = self._pending[0]
             try:
-                t = torch.empty((32,), dtype=torch.int64, device=self.channel.device)
-                work = self.group.recv([t], last, 0)
-                if not work.wait(datetime.timedelta(seconds=self.config.timeout_s)):
-                    raise TimeoutError
-                header = Header.from_tensor(t)
+                msg = self.channel.recv(last, item.reply_bytes, timeout)
                 out = None
                 if item.shape is not None:
                     dtype = torch.float64 if item.kind == Op.STATS else torch.float32
-                    out = self.channel.recv(item.shape, last, dtype)
+                    out = msg.unpack((item.shape, dtype))[0].clone()
             except Exception as exc:
                 if self._closing:
                     return
-                what = (
-                    "timed out"
-                    if isinstance(exc, TimeoutError) or "imeout" in str(exc)
-                    else f"failed ({exc})"
-                )
+                hung = isinstance(exc, TimeoutError) or "imeout" in str(exc)
+                what = "timed out" if hung else f"failed ({exc})"
                 self.fail(
                     PipelineError(
                         f"waiting for {self.describe_stage(last)} {what} "
@@ -448,15 +444,19 @@ class Pipeline:
                 )
                 return
             with self._lock:
-                self._pending.popleft()
-            if header.seq != item.seq:
+                if self._pending and self._pending[0] is item:
+                    self._pending.popleft()
+            if msg.header.seq != item.seq:
                 self.fail(
                     PipelineError(
-                        f"pipeline out of order: got reply {header.seq}, expected {item.seq}"
+                        f"pipeline out of order: got reply {msg.header.seq}, expected {item.seq}"
                     )
                 )
                 return
-            item.future.set_result(out if out is not None else torch.empty(0))
+            if not item.future.done():
+                item.future.set_result(out if out is not None else torch.empty(0))
+            if item.kind == Op.SHUTDOWN:
+                return
 
     def _watch_processes(self) -> None:
         sentinels = {p.sentinel: (i + 1, p) for i, p in enumerate(self.processes)}
@@ -499,22 +499,29 @@ class Pipeline:
         """Stop the stages (politely, then by force). Safe to call twice."""
         if self._closing:
             return
+        shutdown: Future[Tensor] = Future()
         if self.error is None:
             try:
                 with self._lock:
                     seq = self._next_seq()
-                    self.channel.send_header(control_header(Op.SHUTDOWN, seq), 1)
+                    self._enqueue(
+                        _Pending(seq, shutdown, None, self.channel.slot_bytes, Op.SHUTDOWN)
+                    )
+                    self._send(control_header(Op.SHUTDOWN, seq), [])
                     self.channel.drain()
             except Exception:  # the pipeline may already be broken; processes are killed below
                 log.debug("shutdown message not delivered", exc_info=True)
         with self._lock:
             self._closing = True
+            self._ready.notify_all()
+        deadline = time.monotonic() + timeout_s
+        with contextlib.suppress(Exception):
+            shutdown.result(timeout=timeout_s)  # the SHUTDOWN went round the ring
+        with self._lock:
             for item in self._pending:
                 if not item.future.done():
                     item.future.set_exception(PipelineError("the pipeline was closed"))
             self._pending.clear()
-            self._ready.notify_all()
-        deadline = time.monotonic() + timeout_s
         for p in self.processes:
             p.join(timeout=max(0.0, deadline - time.monotonic()))
             if p.is_alive():
@@ -566,7 +573,8 @@ class PipelinedGenerator:
         self._next_id += 1
         cache_id = self._next_id
         self._ids[id(cache)] = self._ids[id(cross)] = cache_id
-        self.pipeline.new_cache(cache_id, batch, latent_hw, block_frames, config)
+        payload = forward_payload_bytes(cache, self.pipeline.model.token_dim)
+        self.pipeline.new_cache(cache_id, batch, latent_hw, block_frames, config, payload)
         weakref.finalize(cache, self._forget, id(cache), id(cross), cache_id)
         return cache, cross
 

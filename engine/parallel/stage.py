@@ -5,8 +5,9 @@ every stream's KV cache (only its layers' keys and values live here), and sends
 the activations on. The first stage also embeds the latents; the last one also
 runs the output head and sends the flow back to the driver (rank 0).
 
-Sends are asynchronous (at most MAX_INFLIGHT_SENDS outstanding), so a stage is
-already computing the next block while its last output is on the wire.
+Each forward arrives as one message (engine.parallel.channel); the receive of
+the next message is posted before the current one computes, and sends are
+asynchronous, so transfers overlap compute on both sides.
 """
 
 from __future__ import annotations
@@ -14,17 +15,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from engine.cache import CrossAttentionCache, KVCache
+from engine.parallel.channel import Channel, Message
 from engine.parallel.wire import (
-    HEADER_LEN,
     Flag,
     Header,
     Op,
@@ -35,7 +34,7 @@ from engine.protocols import LayeredGenerator
 
 log = logging.getLogger(__name__)
 
-MAX_INFLIGHT_SENDS = 8
+F32 = torch.float32
 STATS_COLUMNS = 4  # busy_s, forwards, wall_s, caches
 ModelFactory = Callable[[range], LayeredGenerator]
 
@@ -52,35 +51,6 @@ class StageSpec:
     core: int | None = None  # pin this process to one CPU core
 
 
-class Channel:
-    """Point-to-point sends and receives on a torch.distributed process group."""
-
-    def __init__(self, group: Any, device: torch.device) -> None:
-        self.group, self.device = group, device
-        self._sends: deque[tuple[Any, Tensor]] = deque()
-
-    def send(self, tensor: Tensor, dst: int) -> None:
-        tensor = tensor.contiguous()
-        self._sends.append((self.group.send([tensor], dst, 0), tensor))
-        while len(self._sends) > MAX_INFLIGHT_SENDS:
-            self._sends.popleft()[0].wait()
-
-    def send_header(self, header: Header, dst: int) -> None:
-        self.send(header.tensor(self.device), dst)
-
-    def recv(self, shape: tuple[int, ...], src: int, dtype: torch.dtype = torch.float32) -> Tensor:
-        t = torch.empty(shape, dtype=dtype, device=self.device)
-        self.group.recv([t], src, 0).wait()
-        return t
-
-    def recv_header(self, src: int) -> Header:
-        return Header.from_tensor(self.recv((HEADER_LEN,), src, torch.int64))
-
-    def drain(self) -> None:
-        while self._sends:
-            self._sends.popleft()[0].wait()
-
-
 class StageWorker:
     """The receive-compute-send loop of one stage."""
 
@@ -88,7 +58,7 @@ class StageWorker:
         self.spec = spec
         self.model = spec.factory(spec.layers)
         self.model.keep_layers(spec.layers)
-        self.channel = Channel(group, device)
+        self.channel = Channel(group, device, exact=device.type == "cuda")
         self.prev = spec.rank - 1
         self.next = (spec.rank + 1) % spec.world_size  # the last stage sends to the driver
         self.first, self.last = spec.rank == 1, spec.rank == spec.world_size - 1
@@ -100,39 +70,46 @@ class StageWorker:
     def run(self) -> None:
         with torch.inference_mode():
             while True:
-                header = self.channel.recv_header(self.prev)
-                if header.op == Op.FORWARD:
-                    self._forward(header)
-                elif header.op == Op.NEW_CACHE:
-                    self._new_cache(header)
-                elif header.op == Op.FREE:
-                    self.caches.pop(header.cache_id, None)
-                    self.channel.send_header(header, self.next)
-                elif header.op == Op.STATS:
-                    self._stats(header)
-                elif header.op == Op.SHUTDOWN:
-                    self.channel.send_header(header, self.next)
+                msg = self.channel.recv(self.prev)
+                op = msg.header.op
+                if op == Op.FORWARD:
+                    self._forward(msg)
+                elif op == Op.NEW_CACHE:
+                    self._new_cache(msg.header)
+                elif op == Op.FREE:
+                    self.caches.pop(msg.header.cache_id, None)
+                    self.channel.send(msg.header, [], self.next)
+                elif op == Op.STATS:
+                    self._stats(msg)
+                elif op == Op.SHUTDOWN:
+                    self.channel.send(msg.header, [], self.next)
                     self.channel.drain()
                     return
 
     def _new_cache(self, header: Header) -> None:
         batch, latent_hw, block_frames, config = cache_args_from_header(header)
-        self.caches[header.cache_id] = self.model.new_stage_caches(
+        cache, cross = self.model.new_stage_caches(
             latent_hw, block_frames, config, self.spec.layers, batch=batch
         )
-        self.channel.send_header(header, self.next)
+        self.caches[header.cache_id] = (cache, cross)
+        self.channel.send(header, [], self.next)
+        # grow only now: every rank grows at this point of the op stream
+        self.channel.grow(forward_payload_bytes(cache, self.model.token_dim))
 
-    def _forward(self, header: Header) -> None:
-        ch, src = self.channel, self.prev
+    def _forward(self, msg: Message) -> None:
+        ch, header = self.channel, msg.header
         b, f, c, h, w = header.block_shape
         cache, cross = self.caches[header.cache_id]
         grid = cache.geometry.grid_hw
         if self.first:
-            x = ch.recv((b, f, c, h, w), src)
+            x, timesteps = msg.unpack(((b, f, c, h, w), F32), ((b, f), F32))
         else:
-            tokens = ch.recv((b, f * grid[0] * grid[1], self.model.token_dim), src)
-        timesteps = ch.recv((b, f), src)
-        context = ch.recv(header.context_shape, src) if Flag.CONTEXT in header.flags else None
+            n = f * grid[0] * grid[1]
+            tokens, timesteps = msg.unpack(((b, n, self.model.token_dim), F32), ((b, f), F32))
+        context = None
+        if Flag.CONTEXT in header.flags:
+            context = ch.recv_tensor(header.context_shape, self.prev)
+        ch.prefetch(self.prev)  # the next message arrives while this one computes
         t0 = time.perf_counter()
         if context is not None:
             cross.invalidate()
@@ -142,30 +119,38 @@ class StageWorker:
             tokens = self.model.embed_block(x)
         ctx = context if context is not None else timesteps.new_empty(0)
         tokens = self.model.run_layers(tokens, timesteps, ctx, cross, cache, plan, self.spec.layers)
-        if self.last:
-            out = None if plan.commit else self.model.head_out(tokens, timesteps, grid)
+        out = None
+        if self.last and not plan.commit:
+            out = self.model.head_out(tokens, timesteps, grid)
         self.busy_s += time.perf_counter() - t0
         self.items += 1
-        ch.send_header(header, self.next)
         if self.last:
-            if out is not None:
-                ch.send(out, self.next)
+            ch.send(header, [] if out is None else [out], self.next)
             return
-        ch.send(tokens, self.next)
-        ch.send(timesteps, self.next)
+        ch.send(header, [tokens, timesteps], self.next)
         if context is not None:
-            ch.send(context, self.next)
+            ch.send_tensor(context, self.next)
 
-    def _stats(self, header: Header) -> None:
+    def _stats(self, msg: Message) -> None:
         """Fill this stage's row [busy_s, forwards, wall_s, caches held] of the table
         passed along the ring."""
         stages = self.spec.world_size - 1
-        table = self.channel.recv((stages, STATS_COLUMNS), self.prev, torch.float64)
+        (table,) = msg.unpack(((stages, STATS_COLUMNS), torch.float64))
+        table = table.clone()
         wall = time.perf_counter() - self.started
         row = [self.busy_s, self.items, wall, len(self.caches)]
         table[self.spec.rank - 1] = torch.tensor(row, dtype=torch.float64)
-        self.channel.send_header(header, self.next)
-        self.channel.send(table, self.next)
+        self.channel.send(msg.header, [table], self.next)
+
+
+def forward_payload_bytes(cache: KVCache, token_dim: int) -> int:
+    """The largest payload of a forward on this cache: latents, activations or flow of a
+    full scratch region, plus its timesteps."""
+    g = cache.geometry
+    frames = cache.scratch_tokens // cache.tokens_per_frame
+    c, h, w = g.latent_shape
+    per_frame = max(c * h * w, cache.tokens_per_frame * token_dim)
+    return 4 * g.batch * frames * (per_frame + 1)
 
 
 def configure_process(spec: StageSpec) -> None:

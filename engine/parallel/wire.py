@@ -14,7 +14,7 @@ Header layout (int64, HEADER_LEN entries; unused entries are 0):
    14 commit start  15 sink raw start               16 sink position
    17 context tokens T              18 text dim     19 cache config: sinks
    20 window (-1: global)           21 max frames   22 positions (0 relative)
-   23 rope max positions            24 block frames
+   23 rope max positions            24 block frames  25 scratch frames (0: one block)
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def new_cache_header(
         3: batch, 6: latent_hw[0], 7: latent_hw[1], 19: config.sink_frames,
         20: -1 if config.window_frames is None else config.window_frames,
         21: config.max_frames, 22: 0 if config.positions == "relative" else 1,
-        23: config.rope_max_positions, 24: block_frames,
+        23: config.rope_max_positions, 24: block_frames, 25: config.scratch_frames or 0,
     }  # fmt: skip
     return _header(Op.NEW_CACHE, seq, cache_id, entries)
 
@@ -164,6 +164,7 @@ def cache_args_from_header(header: Header) -> tuple[int, tuple[int, int], int, C
         max_frames=v[21],
         positions="relative" if v[22] == 0 else "absolute",
         rope_max_positions=v[23],
+        scratch_frames=v[25] or None,
     )
     return v[3], (v[6], v[7]), v[24], config
 
