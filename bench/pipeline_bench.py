@@ -106,6 +106,11 @@ def add_pipeline_bench_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--warmup-blocks", type=int, help=f"default: window fill + steps + {EXTRA_WARMUP_BLOCKS}"
     )
+    r.add_argument(
+        "--pin-cores",
+        action="store_true",
+        help="pin stage s to core (s-1) %% cores (the driver floats; measured slower here)",
+    )
     r.add_argument("--no-single", action="store_true", help="skip the single-process runs")
     c = p.add_argument_group("cost model")
     c.add_argument("--repeats", type=int, default=20, help="rounds of block timing")
@@ -450,7 +455,9 @@ def measure_streams(
         for s in args.stages:
             t = time.perf_counter()
             layers = tuple((r.start, r.stop) for r in splits[s])
-            config = PipelineConfig(stages=s, layers=layers, threads_per_stage=1, pin_cores=True)
+            config = PipelineConfig(
+                stages=s, layers=layers, threads_per_stage=1, pin_cores=args.pin_cores
+            )
             pipes[s] = Pipeline.spawn(spec, config)
             took = time.perf_counter() - t
             log(f"pipeline of {s} stage(s), blocks {layers}: started in {took:.1f} s")
@@ -531,7 +538,7 @@ def run_pipeline_bench(args: argparse.Namespace) -> dict[str, Any]:
         "split": args.split,
         "threads_single": 1,
         "threads_per_stage": 1,
-        "pin_cores": True,
+        "pin_cores": args.pin_cores,
         "cores": su.cores,
         "blocks": args.blocks,
         "max_seconds": args.max_seconds,

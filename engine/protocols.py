@@ -29,6 +29,18 @@ class FlowRequest:
         return self.x, self.timesteps, self.context, self.cross, self.cache, self.plan
 
 
+@dataclass(frozen=True)
+class LayerRequest:
+    """A forward's activations between pipeline stages: tokens [B, N, dim] instead of x."""
+
+    tokens: Tensor
+    timesteps: Tensor
+    context: Tensor
+    cross: CrossAttentionCache
+    cache: KVCache
+    plan: BlockPlan
+
+
 @runtime_checkable
 class CausalGenerator(Protocol):
     """A block-causal flow-matching generator over latent frames."""
@@ -137,6 +149,21 @@ class LayeredGenerator(CausalGenerator, Protocol):
 
     def head_out(self, tokens: Tensor, timesteps: Tensor, grid_hw: tuple[int, int]) -> Tensor:
         """Last stage: tokens [B, N, dim] -> flow [B, F, C, H, W] float32."""
+        ...
+
+    def run_layers_many(self, requests: Sequence[LayerRequest], layers: range) -> list[Tensor]:
+        """run_layers for several same-shaped requests as one batch, exactly as if run in
+        order; a request that carries a new prompt must come first."""
+        ...
+
+    def head_out_many(
+        self,
+        tokens: Sequence[Tensor],
+        timesteps: Sequence[Tensor],
+        grid_hw: tuple[int, int],
+        requests: Sequence[LayerRequest],
+    ) -> list[Tensor]:
+        """head_out over several requests; empty tensors for committing ones."""
         ...
 
     def new_stage_caches(

@@ -99,6 +99,11 @@ class Channel:
             buf = torch.empty(nbytes or self.slot_bytes, dtype=torch.uint8, device=self.device)
             self._prefetched[src] = (self.group.recv([buf], src, 0), buf)
 
+    def ready(self, src: int) -> bool:
+        """Whether the next message from src has already arrived (posts its receive)."""
+        self.prefetch(src)
+        return bool(self._prefetched[src][0].is_completed())
+
     def recv(self, src: int, nbytes: int | None = None, timeout: Any = None) -> Message:
         """The next message from src (the prefetched one, if any). ``timeout``: a
         timedelta after which a TimeoutError is raised."""

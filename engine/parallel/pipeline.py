@@ -372,8 +372,8 @@ class Pipeline:
             self._send(control_header(Op.FREE, seq, self._to_free.pop()), [])
 
     def stage_stats(self) -> list[dict[str, float]]:
-        """Per stage: busy seconds, forwards run, seconds since start, utilisation, and the
-        number of stream caches it holds."""
+        """Per stage: busy seconds, forwards run, seconds since start, utilisation, the
+        number of stream caches it holds, and the batches its forwards ran in."""
         with self._lock:
             self._check()
             self._free_dropped()
@@ -392,8 +392,9 @@ class Pipeline:
                 "wall_s": wall,
                 "utilisation": busy / wall if wall else 0.0,
                 "caches": int(caches),
+                "batches": int(batches),  # forwards / batches = mean requests per batch
             }
-            for i, (busy, forwards, wall, caches) in enumerate(rows)
+            for i, (busy, forwards, wall, caches, batches) in enumerate(rows)
         ]
 
     def _next_seq(self) -> int:

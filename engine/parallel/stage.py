@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from engine.cache import CrossAttentionCache, KVCache
 from engine.parallel.channel import Channel, Message
@@ -30,12 +31,12 @@ from engine.parallel.wire import (
     cache_args_from_header,
     plan_from_header,
 )
-from engine.protocols import LayeredGenerator
+from engine.protocols import LayeredGenerator, LayerRequest
 
 log = logging.getLogger(__name__)
 
 F32 = torch.float32
-STATS_COLUMNS = 4  # busy_s, forwards, wall_s, caches
+STATS_COLUMNS = 5  # busy_s, forwards, wall_s, caches, batches
 ModelFactory = Callable[[range], LayeredGenerator]
 
 
@@ -49,6 +50,20 @@ class StageSpec:
     factory: ModelFactory  # builds the model keeping only ``layers``
     threads: int | None = None  # torch CPU threads; None = torch's default
     core: int | None = None  # pin this process to one CPU core
+    max_batch: int = 8  # queued requests run together (1: one at a time)
+
+
+@dataclass
+class _Item:
+    """A received forward: its header and tensors (x: latents on the first stage,
+    activations after it)."""
+
+    header: Header
+    x: Tensor
+    timesteps: Tensor
+    context: Tensor | None
+    cache: KVCache
+    cross: CrossAttentionCache
 
 
 class StageWorker:
@@ -65,15 +80,18 @@ class StageWorker:
         self.caches: dict[int, tuple[KVCache, CrossAttentionCache]] = {}
         self.busy_s = 0.0  # time spent computing (utilisation = busy / wall)
         self.items = 0
+        self.batches = 0  # forwards run (several requests may share one)
         self.started = time.perf_counter()
 
     def run(self) -> None:
         with torch.inference_mode():
+            held: Message | None = None  # received while gathering a batch, not batchable
             while True:
-                msg = self.channel.recv(self.prev)
+                msg = held or self.channel.recv(self.prev)
+                held = None
                 op = msg.header.op
                 if op == Op.FORWARD:
-                    self._forward(msg)
+                    held = self._forward_batch(msg)
                 elif op == Op.NEW_CACHE:
                     self._new_cache(msg.header)
                 elif op == Op.FREE:
@@ -96,49 +114,86 @@ class StageWorker:
         # grow only now: every rank grows at this point of the op stream
         self.channel.grow(forward_payload_bytes(cache, self.model.token_dim))
 
-    def _forward(self, msg: Message) -> None:
-        ch, header = self.channel, msg.header
+    def _take(self, msg: Message) -> _Item:
+        """Unpack a FORWARD message (and receive the prompt that may follow it)."""
+        header = msg.header
         b, f, c, h, w = header.block_shape
         cache, cross = self.caches[header.cache_id]
-        grid = cache.geometry.grid_hw
         if self.first:
             x, timesteps = msg.unpack(((b, f, c, h, w), F32), ((b, f), F32))
         else:
-            n = f * grid[0] * grid[1]
-            tokens, timesteps = msg.unpack(((b, n, self.model.token_dim), F32), ((b, f), F32))
+            n = f * cache.tokens_per_frame
+            x, timesteps = msg.unpack(((b, n, self.model.token_dim), F32), ((b, f), F32))
         context = None
         if Flag.CONTEXT in header.flags:
-            context = ch.recv_tensor(header.context_shape, self.prev)
-        ch.prefetch(self.prev)  # the next message arrives while this one computes
+            context = self.channel.recv_tensor(header.context_shape, self.prev)
+        return _Item(header, x, timesteps, context, cache, cross)
+
+    def _forward_batch(self, msg: Message) -> Message | None:
+        """Run this FORWARD together with the FORWARDs already waiting behind it.
+
+        Requests that queue up at a stage (a stream batch's tick, several sessions)
+        run as one batch: linear layers batched, attention per request in order, so
+        the result is the same as one at a time. A request that carries a new prompt
+        only starts a batch; any other op ends it and is returned to run next."""
+        batch = [self._take(msg)]
+        held = None
+        while len(batch) < self.spec.max_batch and self.channel.ready(self.prev):
+            nxt = self.channel.recv(self.prev)
+            h = nxt.header
+            if (
+                h.op != Op.FORWARD
+                or Flag.CONTEXT in h.flags
+                or h.block_shape != msg.header.block_shape
+            ):
+                held = nxt
+                break
+            batch.append(self._take(nxt))
+        if held is None:
+            self.channel.prefetch(self.prev)  # the next message arrives while this computes
+        self._compute(batch)
+        return held
+
+    def _compute(self, batch: list[_Item]) -> None:
+        ch = self.channel
         t0 = time.perf_counter()
-        if context is not None:
-            cross.invalidate()
-        positions = torch.arange(header.values[9], header.values[9] + f, device=ch.device)
-        plan = plan_from_header(header, cache.rope.cos_sin(positions, *grid), positions)
-        if self.first:
-            tokens = self.model.embed_block(x)
-        ctx = context if context is not None else timesteps.new_empty(0)
-        tokens = self.model.run_layers(tokens, timesteps, ctx, cross, cache, plan, self.spec.layers)
-        out = None
-        if self.last and not plan.commit:
-            out = self.model.head_out(tokens, timesteps, grid)
-        self.busy_s += time.perf_counter() - t0
-        self.items += 1
+        requests = []
+        for item in batch:
+            if item.context is not None:
+                item.cross.invalidate()
+            f = item.timesteps.shape[1]
+            frame = item.header.values[9]
+            positions = torch.arange(frame, frame + f, device=ch.device)
+            grid = item.cache.geometry.grid_hw
+            plan = plan_from_header(
+                item.header, item.cache.rope.cos_sin(positions, *grid), positions
+            )
+            tokens = self.model.embed_block(item.x) if self.first else item.x
+            ctx = item.context if item.context is not None else item.timesteps.new_empty(0)
+            requests.append(LayerRequest(tokens, item.timesteps, ctx, item.cross, item.cache, plan))
+        outs = self.model.run_layers_many(requests, self.spec.layers)
         if self.last:
-            ch.send(header, [] if out is None else [out], self.next)
-            return
-        ch.send(header, [tokens, timesteps], self.next)
-        if context is not None:
-            ch.send_tensor(context, self.next)
+            grid = batch[0].cache.geometry.grid_hw
+            outs = self.model.head_out_many(outs, [r.timesteps for r in requests], grid, requests)
+        self.busy_s += time.perf_counter() - t0
+        self.items += len(batch)
+        self.batches += 1
+        for item, out in zip(batch, outs, strict=True):
+            if self.last:
+                ch.send(item.header, [] if out.numel() == 0 else [out], self.next)
+                continue
+            ch.send(item.header, [out, item.timesteps], self.next)
+            if item.context is not None:
+                ch.send_tensor(item.context, self.next)
 
     def _stats(self, msg: Message) -> None:
-        """Fill this stage's row [busy_s, forwards, wall_s, caches held] of the table
+        """Fill this stage's row [busy_s, forwards, wall_s, caches held, batches] of the table
         passed along the ring."""
         stages = self.spec.world_size - 1
         (table,) = msg.unpack(((stages, STATS_COLUMNS), torch.float64))
         table = table.clone()
         wall = time.perf_counter() - self.started
-        row = [self.busy_s, self.items, wall, len(self.caches)]
+        row = [self.busy_s, self.items, wall, len(self.caches), self.batches]
         table[self.spec.rank - 1] = torch.tensor(row, dtype=torch.float64)
         self.channel.send(msg.header, [table], self.next)
 

@@ -41,7 +41,7 @@ from engine.cache import (
     CrossAttentionCache,
     KVCache,
 )
-from engine.protocols import FlowRequest
+from engine.protocols import FlowRequest, LayerRequest
 from engine.rope import Rope3D, apply_rope
 from models.wan.config import WanConfig
 
@@ -352,43 +352,69 @@ class CausalWanModel(nn.Module):
         """
         if len(requests) == 1 or len({r.x.shape for r in requests}) > 1:
             return [self.predict_flow(*r.args()) for r in requests]
-        rows = [r.x.shape[0] for r in requests]
-        tokens = torch.cat([self.embed_block(r.x) for r in requests])
-        timesteps = torch.cat([r.timesteps for r in requests])
-        e, e0 = self.embed_time(timesteps)
+        layer_requests = [
+            LayerRequest(self.embed_block(r.x), r.timesteps, r.context, r.cross, r.cache, r.plan)
+            for r in requests
+        ]
+        tokens = self.run_layers_many(layer_requests, self.all_layers)
+        grid = requests[0].cache.geometry.grid_hw
+        return self.head_out_many(tokens, [r.timesteps for r in requests], grid, requests)
+
+    def run_layers_many(self, requests: Sequence[LayerRequest], layers: range) -> list[Tensor]:
+        """run_layers for several same-shaped requests in one batch (linear layers batched,
+        attention per request in order; see predict_flow_many). Prompt caches that are
+        not valid are filled first, so a request carrying a new prompt must come first."""
+        if len(requests) == 1:
+            r = requests[0]
+            return [
+                self.run_layers(r.tokens, r.timesteps, r.context, r.cross, r.cache, r.plan, layers)
+            ]
+        rows = [r.tokens.shape[0] for r in requests]
+        tokens = torch.cat([r.tokens for r in requests])
+        _, e0 = self.embed_time(torch.cat([r.timesteps for r in requests]))
         for r in requests:
             if not r.cross.valid:
-                self.fill_cross_cache(r.context, r.cross)
-        cos = torch.cat(
-            [
-                r.plan.cos.unsqueeze(0).expand(n, -1, -1, -1)
-                for r, n in zip(requests, rows, strict=True)
-            ]
-        )
-        sin = torch.cat(
-            [
-                r.plan.sin.unsqueeze(0).expand(n, -1, -1, -1)
-                for r, n in zip(requests, rows, strict=True)
-            ]
-        )
+                self.fill_cross_cache(r.context, r.cross, layers)
+        pairs = list(zip(requests, rows, strict=True))
+        cos = torch.cat([r.plan.cos.unsqueeze(0).expand(n, -1, -1, -1) for r, n in pairs])
+        sin = torch.cat([r.plan.sin.unsqueeze(0).expand(n, -1, -1, -1) for r, n in pairs])
         shared_cross = all(r.cross is requests[0].cross for r in requests)
-        for i, block in enumerate(self.layers()):
+        last = self.config.num_layers - 1
+        all_commit = all(r.plan.commit for r in requests)
+        blocks = self.layers()
+        for j, i in enumerate(layers):
             if shared_cross:
-                k, v = requests[0].cross.k[i], requests[0].cross.v[i]
+                k, v = requests[0].cross.k[j], requests[0].cross.v[j]
                 cross_kv = (k.repeat(len(requests), 1, 1, 1), v.repeat(len(requests), 1, 1, 1))
             else:
                 cross_kv = (
-                    torch.cat([r.cross.k[i] for r in requests]),
-                    torch.cat([r.cross.v[i] for r in requests]),
+                    torch.cat([r.cross.k[j] for r in requests]),
+                    torch.cat([r.cross.v[j] for r in requests]),
                 )
-            attends = [_CachedSelfAttend(r.cache, r.plan, i) for r in requests]
-            tokens = block(tokens, e0, cos, sin, cross_kv, _split_attend(attends, rows))
-        grid = requests[0].cache.geometry.grid_hw
-        flows = self.unpatchify(self.head(tokens, e), requests[0].x.shape[1], *grid)
-        out = list(flows.split(rows))
-        return [
-            tokens.new_empty(0) if r.plan.commit else f for r, f in zip(requests, out, strict=True)
-        ]
+            attend = _split_attend([_CachedSelfAttend(r.cache, r.plan, j) for r in requests], rows)
+            kv_only = all_commit and i == last
+            tokens = blocks[i](tokens, e0, cos, sin, cross_kv, attend, kv_only)
+        return list(tokens.split(rows))
+
+    def head_out_many(
+        self,
+        tokens: Sequence[Tensor],
+        timesteps: Sequence[Tensor],
+        grid_hw: tuple[int, int],
+        requests: Sequence[FlowRequest | LayerRequest],
+    ) -> list[Tensor]:
+        """The output head over several requests at once; empty for committing ones."""
+        keep = [i for i, r in enumerate(requests) if not r.plan.commit]
+        out: list[Tensor] = [tokens[0].new_empty(0) for _ in requests]
+        if keep:
+            flows = self.head_out(
+                torch.cat([tokens[i] for i in keep]),
+                torch.cat([timesteps[i] for i in keep]),
+                grid_hw,
+            )
+            for i, f in zip(keep, flows.split([tokens[i].shape[0] for i in keep]), strict=True):
+                out[i] = f
+        return out
 
     # ---- stages: the pieces a pipeline stage runs (engine.parallel) ----
 
