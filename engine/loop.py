@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from engine.cache import CacheConfig, CrossAttentionCache, KVCache
+from engine.executor import FlowExecutor
 from engine.protocols import CausalGenerator, FlowRequest
 from engine.schedule import FlowSchedule, add_noise
 
@@ -86,16 +87,10 @@ class LoopConfig:
             raise ValueError(f"latent_hw must be positive, got {self.latent_hw}")
 
 
-class DenoisingLoop:
-    """Generates clean latent blocks one at a time for one stream.
-
-    Usage::
-
-        loop = DenoisingLoop(model, FlowSchedule(), LoopConfig(3, (16, 16)),
-                             CacheConfig.rolling_window(3, 12), SeededNoise(0))
-        loop.set_context(embeddings)            # [B, T, text_dim]
-        latents = loop.next_block()             # [B, 3, C, 16, 16]
-    """
+class CachedLoop:
+    """What every denoising loop shares: the stream's caches and prompt, the block shape,
+    and the two ways to change the past (KV-recache, hard cut). Subclasses say how a
+    clean block is committed (``_commit``) and how blocks are made (``next_block``)."""
 
     def __init__(
         self,
@@ -125,6 +120,77 @@ class DenoisingLoop:
         self.context = context
         self.cross.invalidate()
 
+    def _commit(self, x0: Tensor, frame_index: int) -> None:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def recache(self, context: Tensor) -> None:
+        """LongLive-style KV-recache: re-encode every kept frame under a new prompt.
+
+        The kept clean latents (sinks, then the window, in temporal order) are
+        committed again block by block with the new prompt, so the cache holds
+        what it would have held had the new prompt been active for those frames.
+        """
+        kept = self.cache.kept_frames()
+        next_frame = self.cache.next_frame
+        self.set_context(context)
+        self.cache.reset()
+        bf = self.config.block_frames
+        for first, latents in kept:
+            for j in range(0, latents.shape[1], bf):
+                self._commit(latents[:, j : j + bf], first + j)
+        self.cache.next_frame = next_frame
+
+    def hard_cut(self, context: Tensor) -> None:
+        """Start a new scene: forget all frames; positions continue from the current frame."""
+        next_frame = self.cache.next_frame
+        self.set_context(context)
+        self.cache.reset()
+        self.cache.next_frame = next_frame
+
+
+class SubmittingLoop(CachedLoop):
+    """A loop whose forwards go through an executor (one at a time, batched, or a
+    pipeline; engine.executor), so work may run later than it is submitted."""
+
+    def __init__(
+        self,
+        model: CausalGenerator,
+        schedule: FlowSchedule,
+        config: LoopConfig,
+        cache_config: CacheConfig,
+        noise: NoiseSource,
+        executor: FlowExecutor,
+    ) -> None:
+        super().__init__(model, schedule, config, cache_config, noise)
+        self.executor = executor
+
+    def set_context(self, context: Tensor) -> None:
+        """As CachedLoop.set_context; forwards already queued keep the prompt they had."""
+        self.executor.flush()
+        super().set_context(context)
+
+    def _commit(self, x0: Tensor, frame_index: int) -> None:
+        """Submit the commit forward; the cache's bookkeeping advances now (in order)."""
+        assert self.context is not None
+        request = commit_request(
+            self.schedule, x0, frame_index, self.context, self.cross, self.cache, self.noise
+        )
+        self.executor.submit(request)
+        self.cache.commit(request.plan, x0)
+
+
+class DenoisingLoop(CachedLoop):
+    """Generates clean latent blocks one at a time for one stream.
+
+    Usage::
+
+        loop = DenoisingLoop(model, FlowSchedule(), LoopConfig(3, (16, 16)),
+                             CacheConfig.rolling_window(3, 12), SeededNoise(0))
+        loop.set_context(embeddings)            # [B, T, text_dim]
+        latents = loop.next_block()             # [B, 3, C, 16, 16]
+    """
+
     def _timesteps(self, value: float, frames: int) -> Tensor:
         return torch.full((self.config.batch, frames), value, device=self.model.device)
 
@@ -153,28 +219,3 @@ class DenoisingLoop:
         )
         self.model.predict_flow(*request.args())
         self.cache.commit(request.plan, x0)
-
-    @torch.inference_mode()
-    def recache(self, context: Tensor) -> None:
-        """LongLive-style KV-recache: re-encode every kept frame under a new prompt.
-
-        The kept clean latents (sinks, then the window, in temporal order) are
-        committed again block by block with the new prompt, so the cache holds
-        what it would have held had the new prompt been active for those frames.
-        """
-        kept = self.cache.kept_frames()
-        next_frame = self.cache.next_frame
-        self.set_context(context)
-        self.cache.reset()
-        bf = self.config.block_frames
-        for first, latents in kept:
-            for j in range(0, latents.shape[1], bf):
-                self._commit(latents[:, j : j + bf], first + j)
-        self.cache.next_frame = next_frame
-
-    def hard_cut(self, context: Tensor) -> None:
-        """Start a new scene: forget all frames; positions continue from the current frame."""
-        next_frame = self.cache.next_frame
-        self.set_context(context)
-        self.cache.reset()
-        self.cache.next_frame = next_frame

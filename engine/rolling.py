@@ -57,9 +57,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.cache import CacheConfig, CrossAttentionCache, KVCache
+from engine.cache import CacheConfig
 from engine.executor import FlowExecutor, executor_for
-from engine.loop import LoopConfig, NoiseSource, commit_request, sampler_step
+from engine.loop import LoopConfig, NoiseSource, SubmittingLoop, sampler_step
 from engine.protocols import CausalGenerator, FlowRequest
 from engine.schedule import FlowSchedule
 
@@ -73,7 +73,7 @@ class _Block:
     x: Tensor  # [B, F, C, H, W] at that step's noise level
 
 
-class RollingLoop:
+class RollingLoop(SubmittingLoop):
     """Generates clean latent blocks from a rolling window of k blocks (k = denoising steps).
 
     Same interface as engine.loop.DenoisingLoop (next_block, set_context,
@@ -98,35 +98,15 @@ class RollingLoop:
         *,
         executor: FlowExecutor | None = None,
     ) -> None:
-        self.model, self.schedule, self.config = model, schedule, config
-        self.noise = noise
         # one request at a time: a window forward needs the commit before it
-        self.executor = executor or executor_for(model, batched=False)
+        executor = executor or executor_for(model, batched=False)
         self.window_blocks = len(schedule.steps)
         window_frames = self.window_blocks * config.block_frames
         cache_config = dataclasses.replace(cache_config, scratch_frames=window_frames)
-        self.cache: KVCache
-        self.cross: CrossAttentionCache
-        self.cache, self.cross = model.new_caches(
-            config.latent_hw, config.block_frames, cache_config, batch=config.batch
-        )
-        self.context: Tensor | None = None
-        self.blocks_done = 0
+        super().__init__(model, schedule, config, cache_config, noise, executor)
         self.window_forwards = 0  # forwards over the window, warm-up included (stats, tests)
         self._window: list[_Block] = []  # oldest (least noisy) first
         self._next_frame = 0  # frame index of the next block to admit
-
-    @property
-    def block_shape(self) -> tuple[int, ...]:
-        c = self.config
-        return (c.batch, c.block_frames, self.model.latent_channels, *c.latent_hw)
-
-    def set_context(self, context: Tensor) -> None:
-        """Use new prompt embeddings [B, T, text_dim] for every forward from now on,
-        including the remaining steps of the blocks in the window."""
-        self.executor.flush()  # queued forwards keep the prompt they were made with
-        self.context = context
-        self.cross.invalidate()
 
     def _timesteps(self) -> Tensor:
         """Per-frame timesteps [B, n] of the window: each block's frames at its own step."""
@@ -136,14 +116,6 @@ class RollingLoop:
             [torch.full((c.batch, c.block_frames), t[b.step], device=device) for b in self._window],
             dim=1,
         )
-
-    def _commit(self, frame_index: int, x0: Tensor) -> None:
-        assert self.context is not None
-        request = commit_request(
-            self.schedule, x0, frame_index, self.context, self.cross, self.cache, self.noise
-        )
-        self.executor.submit(request)
-        self.cache.commit(request.plan, x0)
 
     @torch.inference_mode()
     def _forward(self) -> Tensor | None:
@@ -170,7 +142,7 @@ class RollingLoop:
                 advanced.append(_Block(block.frame_index, block.step + 1, x_next))
         self._window = advanced
         if clean is not None:
-            self._commit(first, clean)
+            self._commit(clean, first)
         return clean
 
     def next_block(self) -> Tensor:
@@ -179,23 +151,3 @@ class RollingLoop:
             pass  # warm-up: the window is still filling
         self.blocks_done += 1
         return x0
-
-    @torch.inference_mode()
-    def recache(self, context: Tensor) -> None:
-        """KV-recache (LongLive) under a new prompt; blocks in the window continue under it."""
-        kept = self.cache.kept_frames()
-        next_frame = self.cache.next_frame
-        self.set_context(context)
-        self.cache.reset()
-        bf = self.config.block_frames
-        for first, latents in kept:
-            for j in range(0, latents.shape[1], bf):
-                self._commit(first + j, latents[:, j : j + bf])
-        self.cache.next_frame = next_frame
-
-    def hard_cut(self, context: Tensor) -> None:
-        """Forget every committed frame; blocks in the window finish under the new prompt."""
-        next_frame = self.cache.next_frame
-        self.set_context(context)
-        self.cache.reset()
-        self.cache.next_frame = next_frame

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.cache import CacheConfig, CrossAttentionCache, KVCache
+from engine.cache import CacheConfig
 from engine.executor import FlowExecutor, FlowHandle, executor_for
-from engine.loop import LoopConfig, NoiseSource, commit_request, sampler_step
+from engine.loop import LoopConfig, NoiseSource, SubmittingLoop, sampler_step
 from engine.protocols import CausalGenerator, FlowRequest
 from engine.schedule import FlowSchedule
 
@@ -62,7 +62,7 @@ class _InFlight:
     handle: FlowHandle
 
 
-class StreamBatchLoop:
+class StreamBatchLoop(SubmittingLoop):
     """Generates clean latent blocks with one block per denoising step in flight.
 
     Same interface as engine.loop.DenoisingLoop (next_block, set_context,
@@ -88,35 +88,15 @@ class StreamBatchLoop:
         batched: bool = True,
         executor: FlowExecutor | None = None,
     ) -> None:
-        self.model, self.schedule, self.config = model, schedule, config
-        self.noise = noise
-        self.executor = executor or executor_for(model, batched=batched)
-        self.cache: KVCache
-        self.cross: CrossAttentionCache
-        self.cache, self.cross = model.new_caches(
-            config.latent_hw, config.block_frames, cache_config, batch=config.batch
-        )
-        self.context: Tensor | None = None
-        self.blocks_done = 0
+        executor = executor or executor_for(model, batched=batched)
+        super().__init__(model, schedule, config, cache_config, noise, executor)
         self._inflight: deque[_InFlight] = deque()  # oldest first
-        self._finished: tuple[int, Tensor] | None = None  # (frame index, x0) to commit
+        self._finished: tuple[Tensor, int] | None = None  # (x0, frame index) to commit
         self._next_frame = 0  # frame index of the next block to admit
-
-    @property
-    def block_shape(self) -> tuple[int, ...]:
-        c = self.config
-        return (c.batch, c.block_frames, self.model.latent_channels, *c.latent_hw)
 
     @property
     def steps(self) -> int:
         return len(self.schedule.steps)
-
-    def set_context(self, context: Tensor) -> None:
-        """Use new prompt embeddings [B, T, text_dim] for every forward from now on,
-        including the remaining steps of blocks already in flight."""
-        self.executor.flush()  # queued forwards keep the prompt they were made with
-        self.context = context
-        self.cross.invalidate()
 
     def _timesteps(self, value: float) -> Tensor:
         c = self.config
@@ -128,19 +108,11 @@ class StreamBatchLoop:
         t = self._timesteps(self.schedule.timesteps[step])
         return FlowRequest(x, t, self.context, self.cross, self.cache, plan)
 
-    def _submit_commit(self, frame_index: int, x0: Tensor) -> None:
-        assert self.context is not None
-        request = commit_request(
-            self.schedule, x0, frame_index, self.context, self.cross, self.cache, self.noise
-        )
-        self.executor.submit(request)
-        self.cache.commit(request.plan, x0)
-
     @torch.inference_mode()
     def _tick(self) -> Tensor | None:
         """Submit one tick's forwards; return the block that took its last step, if any."""
         if self._finished is not None:
-            self._submit_commit(*self._finished)
+            self._commit(*self._finished)
             self._finished = None
         advanced: deque[_InFlight] = deque()
         for block in self._inflight:
@@ -161,7 +133,7 @@ class StreamBatchLoop:
         self._inflight.popleft()
         flow = self.executor.result(oldest.handle)
         x0, _ = sampler_step(self.schedule, oldest.step, oldest.x, flow, self.noise)
-        self._finished = (oldest.frame_index, x0)
+        self._finished = (x0, oldest.frame_index)
         return x0
 
     def next_block(self) -> Tensor:
@@ -171,31 +143,19 @@ class StreamBatchLoop:
         self.blocks_done += 1
         return x0
 
-    @torch.inference_mode()
     def recache(self, context: Tensor) -> None:
         """KV-recache (LongLive) under a new prompt; blocks in flight continue under it."""
         self._flush_finished()
-        kept = self.cache.kept_frames()
-        next_frame = self.cache.next_frame
-        self.set_context(context)
-        self.cache.reset()
-        bf = self.config.block_frames
-        for first, latents in kept:
-            for j in range(0, latents.shape[1], bf):
-                self._submit_commit(first + j, latents[:, j : j + bf])
-        self.cache.next_frame = next_frame
+        super().recache(context)
 
     def hard_cut(self, context: Tensor) -> None:
         """Forget every committed frame; blocks in flight finish under the new prompt."""
         self._flush_finished()
-        next_frame = self.cache.next_frame
-        self.set_context(context)
-        self.cache.reset()
-        self.cache.next_frame = next_frame
+        super().hard_cut(context)
 
     def _flush_finished(self) -> None:
         """Commit the block that left last, so that a switch sees the whole past."""
         if self._finished is not None:
             with torch.inference_mode():
-                self._submit_commit(*self._finished)
+                self._commit(*self._finished)
             self._finished = None
