@@ -58,10 +58,10 @@ from apps.bench import EXTRA_WARMUP_BLOCKS, default_out, dumps
 from apps.bench_env import environment, log, machine_busy_s, progress_every, rss_bytes, slug
 from apps.cli import add_model_arguments, model_options
 from apps.factory import VAE_TEMPORAL, ModelOptions, build_stream
-from engine.cache import BlockPlan, CacheConfig, CrossAttentionCache, KVCache
+from engine.cache import BlockPlan, CrossAttentionCache, KVCache
 from engine.media import VideoFrame
 from engine.metrics import BlockClock, block_stats, synchronize
-from engine.protocols import CausalGenerator, StreamingDecoder
+from engine.protocols import CausalGenerator, GeneratorWrapper, StreamingDecoder
 from engine.stream import Stream
 from models.text import PrecomputedPromptEncoder, SentenceEncoder
 
@@ -154,7 +154,7 @@ class TimedDecoder:
             return self.inner.flush()
 
 
-class TimedGenerator:
+class TimedGenerator(GeneratorWrapper):
     """A CausalGenerator that times another's forwards (predict_flow), nothing else changed.
 
     Usage::
@@ -163,20 +163,8 @@ class TimedGenerator:
     """
 
     def __init__(self, inner: CausalGenerator, timer: SpanTimer) -> None:
-        self.inner, self.timer = inner, timer
-
-    @property
-    def latent_channels(self) -> int:
-        return self.inner.latent_channels
-
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    def new_caches(
-        self, latent_hw: tuple[int, int], block_frames: int, config: CacheConfig, *, batch: int = 1
-    ) -> tuple[KVCache, CrossAttentionCache]:
-        return self.inner.new_caches(latent_hw, block_frames, config, batch=batch)
+        super().__init__(inner)
+        self.timer = timer
 
     def predict_flow(
         self,

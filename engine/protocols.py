@@ -107,6 +107,38 @@ class PromptEncoder(Protocol):
         ...
 
 
+class GeneratorWrapper:
+    """A CausalGenerator that hands everything to another one; subclasses change one
+    thing (time, count or fail its forwards) by overriding predict_flow."""
+
+    def __init__(self, inner: CausalGenerator) -> None:
+        self.inner = inner
+
+    @property
+    def latent_channels(self) -> int:
+        return self.inner.latent_channels
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def new_caches(
+        self, latent_hw: tuple[int, int], block_frames: int, config: CacheConfig, *, batch: int = 1
+    ) -> tuple[KVCache, CrossAttentionCache]:
+        return self.inner.new_caches(latent_hw, block_frames, config, batch=batch)
+
+    def predict_flow(
+        self,
+        x: Tensor,
+        timesteps: Tensor,
+        context: Tensor,
+        cross: CrossAttentionCache,
+        cache: KVCache,
+        plan: BlockPlan,
+    ) -> Tensor:
+        return self.inner.predict_flow(x, timesteps, context, cross, cache, plan)
+
+
 @runtime_checkable
 class BatchedGenerator(CausalGenerator, Protocol):
     """A generator that can run several independent block forwards in one batch."""

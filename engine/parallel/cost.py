@@ -71,7 +71,7 @@ from engine.metrics import synchronize
 from engine.parallel.pipeline import LOOPBACK, make_group
 from engine.parallel.split import balance_layers, split_layers
 from engine.parallel.wire import HEADER_LEN
-from engine.protocols import LayeredGenerator
+from engine.protocols import GeneratorWrapper, LayeredGenerator
 from engine.schedule import FlowSchedule
 
 VIDEO_FRAMES_PER_LATENT = 4  # Wan VAE / TAEHV temporal upsampling (apps.factory.VAE_TEMPORAL)
@@ -285,19 +285,12 @@ def measure_block_times(
     )
 
 
-class _InstantGenerator:
+class _InstantGenerator(GeneratorWrapper):
     """A CausalGenerator that returns zero flow at once: what is left is the loop's own work."""
 
     def __init__(self, model: LayeredGenerator) -> None:
+        super().__init__(model)
         self.model = model
-
-    @property
-    def latent_channels(self) -> int:
-        return self.model.latent_channels
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
 
     def new_caches(
         self, latent_hw: tuple[int, int], block_frames: int, config: CacheConfig, *, batch: int = 1

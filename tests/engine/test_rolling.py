@@ -13,6 +13,7 @@ from torch import Tensor
 from engine.cache import BlockPlan, CacheConfig, CacheError, CrossAttentionCache, KVCache
 from engine.denoisers import DENOISERS, make_loop
 from engine.loop import DenoisingLoop, LoopConfig, SeededNoise
+from engine.protocols import GeneratorWrapper
 from engine.rolling import RollingLoop
 from engine.schedule import FlowSchedule
 from engine.stream import Stream, StreamConfig
@@ -58,25 +59,12 @@ class Forward:
     sink_position: int | None
 
 
-class CountingModel:
+class CountingModel(GeneratorWrapper):
     """A real generator that records every forward it runs."""
 
     def __init__(self, inner: CausalWanModel) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.forwards: list[Forward] = []
-
-    @property
-    def latent_channels(self) -> int:
-        return self.inner.latent_channels
-
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    def new_caches(
-        self, latent_hw: tuple[int, int], block_frames: int, config: CacheConfig, *, batch: int = 1
-    ) -> tuple[KVCache, CrossAttentionCache]:
-        return self.inner.new_caches(latent_hw, block_frames, config, batch=batch)
 
     def predict_flow(
         self,

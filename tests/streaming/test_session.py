@@ -8,15 +8,14 @@ import re
 import time
 
 import pytest
-import torch
 from live import run
 from torch import Tensor
 
 from apps.factory import ModelOptions
 from apps.server import SharedStreamFactory
-from engine.cache import BlockPlan, CacheConfig, CrossAttentionCache, KVCache
+from engine.cache import BlockPlan, CrossAttentionCache, KVCache
 from engine.media import VideoFrame
-from engine.protocols import CausalGenerator
+from engine.protocols import CausalGenerator, GeneratorWrapper
 from engine.stream import Stream
 from streaming.control import BAD_VALUE, BUSY, CLOSED, ControlError, StartParams
 from streaming.session import (
@@ -271,24 +270,12 @@ def test_bad_start_parameters_are_an_error_and_free_the_slot(factory: SharedStre
     run(body())
 
 
-class FailingGenerator:
+class FailingGenerator(GeneratorWrapper):
     """A real generator that breaks after ``calls`` flow predictions (a model fault)."""
 
     def __init__(self, inner: CausalGenerator, calls: int) -> None:
-        self.inner, self.calls = inner, calls
-
-    @property
-    def latent_channels(self) -> int:
-        return self.inner.latent_channels
-
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    def new_caches(
-        self, latent_hw: tuple[int, int], block_frames: int, config: CacheConfig, *, batch: int = 1
-    ) -> tuple[KVCache, CrossAttentionCache]:
-        return self.inner.new_caches(latent_hw, block_frames, config, batch=batch)
+        super().__init__(inner)
+        self.calls = calls
 
     def predict_flow(
         self,
