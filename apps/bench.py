@@ -39,6 +39,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -584,15 +585,21 @@ def dumps(obj: Any) -> str:
     return number_list.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
-def bench_command(args: argparse.Namespace) -> int:
-    """Run, print the JSON on stdout; exit code 2 on a bad configuration."""
+def json_command(
+    run: Callable[[argparse.Namespace], dict[str, Any]], args: argparse.Namespace
+) -> int:
+    """Run a benchmark, print its JSON on stdout; exit code 2 on a bad configuration."""
     try:
-        result = run_bench(args)
+        result = run(args)
     except ValueError as e:
         log(f"error: {e}")
         return 2
     print(dumps(result), flush=True)
     return 0
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    return json_command(run_bench, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from apps.bench import EXTRA_WARMUP_BLOCKS, default_out, dumps
+from apps.bench import EXTRA_WARMUP_BLOCKS, default_out, dumps, json_command
 from apps.bench_env import environment, log, machine_busy_s, progress_every, rss_bytes, slug
 from apps.cli import add_model_arguments, model_options
 from apps.factory import VAE_TEMPORAL, ModelOptions, build_stream
@@ -658,14 +658,7 @@ def summary(result: dict[str, Any]) -> str:
 
 
 def e2e_command(args: argparse.Namespace) -> int:
-    """Run, print the JSON on stdout; exit code 2 on a bad configuration."""
-    try:
-        result = run_e2e(args)
-    except ValueError as e:
-        log(f"error: {e}")
-        return 2
-    print(dumps(result), flush=True)
-    return 0
+    return json_command(run_e2e, args)
 
 
 def main(argv: list[str] | None = None) -> int:

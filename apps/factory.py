@@ -173,6 +173,8 @@ def build_stream(
     forwards (a pipeline's PipelinedGenerator); the decoder and encoder stay local."""
     opts = opts.resolved()
     model, decoder = build_generator(opts)
+    if generator is not None:
+        model.keep_layers(range(0))  # only its config is needed here: free the blocks
     config = model.config
     encoder: PromptEncoder
     if opts.text_embeds is not None:

@@ -58,7 +58,7 @@ try:
 except ImportError:  # run from a checkout without the editable install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apps.bench import default_out, dumps
+from apps.bench import default_out, dumps, json_command
 from apps.bench_env import environment, log
 from apps.factory import VAE_TEMPORAL, GeneratorSpec, ModelOptions, build_generator
 from engine.cache import CacheConfig
@@ -637,14 +637,7 @@ def _row_line(row: dict[str, Any]) -> str:
 
 
 def pipeline_bench_command(args: argparse.Namespace) -> int:
-    """Run, print the JSON on stdout; exit code 2 on a bad configuration."""
-    try:
-        result = run_pipeline_bench(args)
-    except ValueError as e:
-        log(f"error: {e}")
-        return 2
-    print(dumps(result), flush=True)
-    return 0
+    return json_command(run_pipeline_bench, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,6 @@ One tick, in the order every executor sees it::
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from dataclasses import dataclass
 
@@ -48,8 +47,6 @@ from engine.executor import FlowExecutor, FlowHandle, executor_for
 from engine.loop import LoopConfig, NoiseSource, SubmittingLoop, sampler_step
 from engine.protocols import CausalGenerator, FlowRequest
 from engine.schedule import FlowSchedule
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -39,7 +39,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,11 +58,12 @@ from engine.parallel.stage import (
     forward_payload_bytes,
 )
 from engine.parallel.wire import Header, Op, control_header, forward_header, new_cache_header
-from engine.protocols import FlowRequest
+from engine.protocols import FlowRequest, LayeredGenerator
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+ALL_LAYERS = range(1 << 30)  # for a factory: keep every block
 
 
 class PipelineError(RuntimeError):
@@ -166,18 +167,14 @@ def serve_stage(factory: ModelFactory, config: PipelineConfig) -> None:
     dist.init_process_group(
         config.backend, timeout=datetime.timedelta(seconds=config.start_timeout_s)
     )
-    probe = factory(range(0))
-    spec = StageSpec(
-        rank,
-        world,
-        config.layer_ranges(probe.num_layers)[rank - 1],
-        factory,
-        config.threads_per_stage,
-    )
     device = _stage_device(config, rank)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
-    StageWorker(spec, dist.group.WORLD, device).run()
+        torch.cuda.set_device(device)  # before the model is built on "cuda"
+    model = factory(ALL_LAYERS)  # built once: count its blocks, then keep this stage's
+    layers = config.layer_ranges(model.num_layers)[rank - 1]
+    model.keep_layers(layers)
+    spec = StageSpec(rank, world, layers, factory, config.threads_per_stage)
+    StageWorker(spec, dist.group.WORLD, device, model).run()
     dist.destroy_process_group()
 
 
@@ -188,7 +185,6 @@ class _Pending:
     shape: tuple[int, ...] | None  # the flow coming back, None for a committing forward
     reply_bytes: int  # the slot size when it was sent (what the reply is padded to)
     kind: Op = Op.FORWARD
-    sent_at: float = field(default_factory=time.perf_counter)
 
 
 class Pipeline:
@@ -204,18 +200,18 @@ class Pipeline:
 
     def __init__(
         self,
-        factory: ModelFactory,
+        model: LayeredGenerator,
         config: PipelineConfig,
         group: Any,
         processes: Sequence[mp.process.BaseProcess],
         ranges: list[range],
         store: Any = None,
     ) -> None:
-        self.factory, self.config = factory, config
+        self.config = config
         self.group, self.store = group, store
         self.processes = list(processes)
         self.ranges = ranges
-        self.model = factory(range(0))  # embeddings and head only: metadata and shadow caches
+        self.model = model  # embeddings and head only: metadata and shadow caches
         self.stages = len(ranges)
         device = torch.device(config.device if config.device == "cpu" else "cuda")
         self.channel = Channel(group, device, exact=config.backend == "nccl")
@@ -243,8 +239,8 @@ class Pipeline:
     @classmethod
     def spawn(cls, factory: ModelFactory, config: PipelineConfig) -> Pipeline:
         """Start ``config.stages`` stage processes on this machine and connect to them."""
-        probe = factory(range(0))
-        ranges = config.layer_ranges(probe.num_layers)
+        driver_model = factory(range(0))
+        ranges = config.layer_ranges(driver_model.num_layers)
         world = config.stages + 1
         store = dist.TCPStore(
             config.host,
@@ -288,7 +284,7 @@ class Pipeline:
             raise PipelineError(
                 f"the stage processes did not join within {config.start_timeout_s:.0f} s: {exc}"
             ) from exc
-        return cls(factory, config, group, processes, ranges, store)
+        return cls(driver_model, config, group, processes, ranges, store)
 
     @classmethod
     def attach(cls, factory: ModelFactory, config: PipelineConfig) -> Pipeline:
@@ -301,8 +297,9 @@ class Pipeline:
                 f"WORLD_SIZE is {dist.get_world_size()}; a {config.stages}-stage pipeline "
                 f"needs {config.stages + 1}"
             )
-        probe = factory(range(0))
-        return cls(factory, config, dist.group.WORLD, [], config.layer_ranges(probe.num_layers))
+        driver_model = factory(range(0))
+        ranges = config.layer_ranges(driver_model.num_layers)
+        return cls(driver_model, config, dist.group.WORLD, [], ranges)
 
     def describe_stage(self, stage: int) -> str:
         r = self.ranges[stage - 1]

@@ -69,10 +69,19 @@ class _Item:
 class StageWorker:
     """The receive-compute-send loop of one stage."""
 
-    def __init__(self, spec: StageSpec, group: Any, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: StageSpec,
+        group: Any,
+        device: torch.device,
+        model: LayeredGenerator | None = None,
+    ) -> None:
+        """``model``: already built with only spec.layers kept (else built from the spec)."""
         self.spec = spec
-        self.model = spec.factory(spec.layers)
-        self.model.keep_layers(spec.layers)
+        if model is None:
+            model = spec.factory(spec.layers)
+            model.keep_layers(spec.layers)
+        self.model = model
         self.channel = Channel(group, device, exact=device.type == "cuda")
         self.prev = spec.rank - 1
         self.next = (spec.rank + 1) % spec.world_size  # the last stage sends to the driver

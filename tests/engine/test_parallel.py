@@ -15,9 +15,10 @@ from torch import Tensor
 
 from apps.factory import GeneratorSpec, ModelOptions
 from engine.cache import CacheConfig
-from engine.denoisers import Denoiser, make_loop
+from engine.denoisers import BlockLoop, Denoiser, make_loop
 from engine.loop import LoopConfig, SeededNoise
 from engine.parallel import Pipeline, PipelineConfig, PipelineError, balance_layers, split_layers
+from engine.protocols import CausalGenerator
 from engine.schedule import FlowSchedule
 from models.wan.model import CausalWanModel
 
@@ -31,7 +32,7 @@ def prompts(n: int) -> list[Tensor]:
 
 
 def run_script(
-    generator: object,
+    generator: CausalGenerator,
     denoiser: Denoiser,
     schedule: FlowSchedule,
     cache: CacheConfig,
@@ -45,7 +46,7 @@ def run_script(
         schedule,
         LoopConfig(block_frames, HW),
         cache,
-        SeededNoise(3),  # type: ignore[arg-type]
+        SeededNoise(3),
     )
     loop.set_context(a)
     out = [loop.next_block() for _ in range(10)]
@@ -54,6 +55,20 @@ def run_script(
     loop.hard_cut(c)
     out += [loop.next_block() for _ in range(6)]
     return torch.cat(out, dim=1)
+
+
+def started_plain_loop(generator: CausalGenerator) -> BlockLoop:
+    """A plain loop on ``generator`` with a prompt set, ready for next_block()."""
+    loop = make_loop(
+        "plain",
+        generator,
+        FlowSchedule(),
+        LoopConfig(1, HW),
+        CacheConfig(1, 3),
+        SeededNoise(0),
+    )
+    loop.set_context(prompts(1)[0])
+    return loop
 
 
 @pytest.fixture(scope="module")
@@ -116,15 +131,7 @@ def test_every_stage_did_work_and_freed_closed_streams(pipeline: Pipeline) -> No
     before = pipeline.stage_stats()
     assert [s["stage"] for s in before] == list(range(1, pipeline.stages + 1))
     held_before = before[0]["caches"]
-    loop = make_loop(
-        "plain",
-        pipeline.generator,
-        FlowSchedule(),
-        LoopConfig(1, HW),
-        CacheConfig(1, 3),
-        SeededNoise(0),
-    )
-    loop.set_context(prompts(1)[0])
+    loop = started_plain_loop(pipeline.generator)
     loop.next_block()
     during = pipeline.stage_stats()
     assert all(s["caches"] == held_before + 1 for s in during)
@@ -138,15 +145,7 @@ def test_every_stage_did_work_and_freed_closed_streams(pipeline: Pipeline) -> No
 def test_killed_stage_fails_waiting_and_new_requests_quickly() -> None:
     pipe = Pipeline.spawn(SPEC, PipelineConfig(stages=2, threads_per_stage=1, timeout_s=30))
     try:
-        loop = make_loop(
-            "plain",
-            pipe.generator,
-            FlowSchedule(),
-            LoopConfig(1, HW),
-            CacheConfig(1, 3),
-            SeededNoise(0),
-        )
-        loop.set_context(prompts(1)[0])
+        loop = started_plain_loop(pipe.generator)
         loop.next_block()
         victim = pipe.processes[1]
         assert victim.pid is not None
@@ -168,15 +167,7 @@ def test_hung_stage_is_detected_by_the_timeout() -> None:
     pipe = Pipeline.spawn(SPEC, PipelineConfig(stages=2, threads_per_stage=1, timeout_s=2))
     stopped = pipe.processes[0]
     try:
-        loop = make_loop(
-            "plain",
-            pipe.generator,
-            FlowSchedule(),
-            LoopConfig(1, HW),
-            CacheConfig(1, 3),
-            SeededNoise(0),
-        )
-        loop.set_context(prompts(1)[0])
+        loop = started_plain_loop(pipe.generator)
         loop.next_block()
         assert stopped.pid is not None
         os.kill(stopped.pid, signal.SIGSTOP)
