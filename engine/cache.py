@@ -19,15 +19,37 @@ Because the current block attends to everything in its context at once
 matter: keys are stored already rotated (RoPE), so each key carries its own
 position and attention needs only the valid slice.
 
-Positions. With ``positions="absolute"`` frame f has temporal position f, as
-in the reference code, and a stream fails (with a clear error) past the RoPE
-table the checkpoint was trained with (1024). With ``positions="relative"``
-(default) window frames keep their absolute index but the sinks are
-re-aligned to sit immediately before the oldest frame in the context. RoPE
-scores depend only on position differences, so this equals laying out
-[sinks, window, block] at positions 0..S+W+B-1: every distance the model sees
-stays inside the trained range, for any stream length. Sinks keep a copy of
-their un-rotated keys so re-alignment is exact, not accumulated.
+Positions. Window frames always carry their absolute frame index (angles are
+computed from positions, not read from a table, so no index runs out); what
+differs between the two modes is where the sinks sit.
+
+- ``positions="absolute"``: the reference's positions. Frame f has position f,
+  sinks included, for as long as the reference itself can run: while a block
+  ends inside the RoPE table the checkpoint was trained with
+  (``rope_max_positions``, 1024 for the public Wan models) the keys and queries
+  are exactly the reference's. Past the table the reference stops (it indexes
+  the table); here the sinks slide instead, to ``block_end - rope_max_positions``,
+  so the farthest distance any query sees stays the largest one the reference
+  itself produced (1023), and the stream goes on for ever.
+- ``positions="relative"``: sinks are re-aligned to sit immediately before the
+  oldest frame in the context. RoPE scores depend only on position differences,
+  so this equals laying out [sinks, window, block] at positions 0..S+W+B-1:
+  every distance the model sees stays inside the trained range from the start.
+
+Sinks keep a copy of their un-rotated keys so re-alignment is exact, not
+accumulated.
+
+KV-recache. On a prompt switch the kept frames are re-encoded under the new
+prompt, one of two ways (``CacheConfig.recache``):
+
+- ``"blocks"``: every kept frame (sinks, then window) is committed again block
+  by block, as if the new prompt had been active for them.
+- ``"span"``: LongLive's. The last ``recache_frames`` clean frames (its
+  ``local_attn_size``) go through one forward, attending to each other
+  bidirectionally. With ``recache_keep_sinks`` (LongLive's ``global_sink=True``)
+  the old sinks stay and replace the span's first ``sink_frames`` frames as
+  keys; otherwise the span's first frames become the new sinks. The cache keeps
+  the clean latents of the last ``recache_frames`` frames for this.
 """
 
 from __future__ import annotations
@@ -44,6 +66,8 @@ from engine.rope import Rope3D, apply_rope
 log = logging.getLogger(__name__)
 
 PositionMode = Literal["relative", "absolute"]
+RecachePolicy = Literal["blocks", "span"]
+RECACHE_POLICIES: tuple[RecachePolicy, ...] = ("blocks", "span")
 
 
 class CacheError(RuntimeError):
@@ -58,10 +82,15 @@ class CacheConfig:
     window_frames: int | None = 12  # most recent frames kept; None = global (no eviction)
     max_frames: int = 21  # capacity in global mode (sinks included)
     positions: PositionMode = "relative"
-    rope_max_positions: int = 1024  # trained temporal RoPE table; enforced in absolute mode
+    rope_max_positions: int = 1024  # trained temporal RoPE table: absolute mode's horizon
     # Frames one non-committing forward may hold (a window of blocks denoised jointly,
     # engine.rolling); None = one block. Commits are always at most one block.
     scratch_frames: int | None = None
+    recache: RecachePolicy = "blocks"  # how a prompt switch re-encodes the past (module doc)
+    # "span": frames one recache forward re-encodes (LongLive's local_attn_size, which counts
+    # sinks, window and the block); None = scratch + sinks + window, the whole cache.
+    recache_frames: int | None = None
+    recache_keep_sinks: bool = True  # "span": keep the old sinks (LongLive's global_sink)
 
     def __post_init__(self) -> None:
         if self.sink_frames < 0:
@@ -74,6 +103,12 @@ class CacheConfig:
             raise ValueError(f"positions must be 'relative' or 'absolute', got {self.positions!r}")
         if self.scratch_frames is not None and self.scratch_frames < 1:
             raise ValueError(f"scratch_frames must be >= 1 or None, got {self.scratch_frames}")
+        if self.recache not in RECACHE_POLICIES:
+            raise ValueError(f"recache must be one of {RECACHE_POLICIES}, got {self.recache!r}")
+        if self.recache_frames is not None and self.recache_frames < 1:
+            raise ValueError(f"recache_frames must be >= 1 or None, got {self.recache_frames}")
+        if self.rope_max_positions < 1:
+            raise ValueError(f"rope_max_positions must be >= 1, got {self.rope_max_positions}")
 
     @property
     def rolling(self) -> bool:
@@ -132,10 +167,14 @@ class BlockPlan:
     # attends (None: no re-alignment). Applied per layer when the forward runs, not when
     # the plan is made, so plans made ahead (stream batch, pipelines) stay exact.
     sink_position: int | None = None
+    # A span recache (KVCache.plan_recache): (block token, tokens, cache token) copies of
+    # the forward's keys/values made before attending; empty for every other forward.
+    span_writes: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def commit(self) -> bool:
-        return self.commit_start is not None
+        """True when the forward only fills the cache (its output is not needed)."""
+        return self.commit_start is not None or bool(self.span_writes)
 
 
 class KVCache:
@@ -187,12 +226,24 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=self.device)
         # Un-rotated sink keys, so re-aligning sinks is an exact re-rotation.
         self.k_sink_raw: Tensor | None = None
-        if c.positions == "relative" and c.sink_frames > 0:
+        if c.sink_frames > 0:
             raw = (g.num_layers, g.batch, g.num_heads, self.sink_tokens, g.head_dim)
             self.k_sink_raw = torch.zeros(raw, dtype=dtype, device=self.device)
         # Clean latents of the kept frames: what KV-recache re-encodes on a prompt switch.
         kept = c.sink_frames + c.ring_frames
         self.latents = torch.zeros((g.batch, kept, *g.latent_shape), device=self.device)
+        # "span" recache: clean latents of the last history_frames frames, slot = frame % H.
+        self.history_frames = 0
+        if c.recache == "span":
+            total = self.scratch_frames + kept
+            self.history_frames = total if c.recache_frames is None else c.recache_frames
+            if self.history_frames > total:
+                raise ValueError(
+                    f"recache_frames ({self.history_frames}) must fit the cache: at most "
+                    f"scratch + sinks + window = {total} frames attend in one forward"
+                )
+        hist = (g.batch, self.history_frames, *g.latent_shape)
+        self.history = torch.zeros(hist, device=self.device)
         self.reset()
 
     # ---- bookkeeping (host integers only: no device sync anywhere) ----
@@ -203,6 +254,7 @@ class KVCache:
         self.sink_filled = 0
         self.sink_first_frame = 0
         self.ring_count = 0  # frames ever written to the ring since reset/compaction
+        self.history_valid = 0  # frames of self.history that hold committed latents
         # temporal position of sink slot 0 currently baked into each layer's sink keys
         self._sink_rotation: list[int | None] = [None] * self.geometry.num_layers
 
@@ -216,7 +268,7 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        bufs = [self.k, self.v, self.latents]
+        bufs = [self.k, self.v, self.latents, self.history]
         if self.k_sink_raw is not None:
             bufs.append(self.k_sink_raw)
         return sum(b.numel() * b.element_size() for b in bufs)
@@ -235,12 +287,6 @@ class KVCache:
             what = "a block" if most == bf else "a forward"
             raise ValueError(f"{what} has 1..{most} frames, got {num_frames}")
         start = self.next_frame if frame_index is None else frame_index
-        if c.positions == "absolute" and start + num_frames > c.rope_max_positions:
-            raise CacheError(
-                f"frame {start + num_frames - 1} is past the {c.rope_max_positions}-position RoPE "
-                "table of absolute positions; use CacheConfig(positions='relative') for "
-                "streams of any length"
-            )
         to_sinks = self.sink_filled < c.sink_frames
         # what the next commit will add: at most one block, even for a window forward
         adds = min(num_frames, bf)
@@ -249,7 +295,7 @@ class KVCache:
                 f"global cache is full ({c.max_frames} frames); use a rolling window "
                 "(CacheConfig.rolling_window) for streams longer than max_frames"
             )
-        sink_position = self._sink_position(start)
+        sink_position = self._sink_position(start, start + num_frames)
         scratch_end = self.scratch_tokens
         scratch_start = scratch_end - num_frames * tpf
         commit_start = sink_raw = None
@@ -292,6 +338,11 @@ class KVCache:
             self.ring_count += n
         self.latents[:, slot : slot + n].copy_(latents)
         self.next_frame = plan.frame_index + n
+        if self.history_frames:
+            h = self.history_frames
+            for j in range(n):  # a block is 1-3 frames; the ring may wrap inside it
+                self.history[:, (plan.frame_index + j) % h].copy_(latents[:, j])
+            self.history_valid = min(self.history_valid + n, h)
 
     # ---- writes done by the model inside its forward ----
 
@@ -299,6 +350,11 @@ class KVCache:
         """Store a layer's keys/values [B, H, n, D] for the block in the scratch slots,
         so the block attends to itself. Call before attending."""
         self._align_sinks(layer, plan.sink_position)
+        if plan.span_writes:
+            for src, n, dst in plan.span_writes:
+                self.k[layer, :, :, dst : dst + n] = k[:, :, src : src + n]
+                self.v[layer, :, :, dst : dst + n] = v[:, :, src : src + n]
+            return
         s0, s1 = plan.scratch_start, plan.scratch_end
         self.k[layer, :, :, s0:s1] = k
         self.v[layer, :, :, s0:s1] = v
@@ -308,6 +364,13 @@ class KVCache:
     ) -> None:
         """Write a committing block's keys/values [B, H, n, D] (and un-rotated keys) to
         its kept slots. Call after attending, so the block does not see itself twice."""
+        if plan.span_writes:
+            # a span recache wrote its keys before attending; only new sinks' raw keys remain
+            if plan.sink_raw_start is not None and self.k_sink_raw is not None:
+                n = min(self.sink_tokens, k_raw.shape[2])
+                self.k_sink_raw[layer, :, :, :n] = k_raw[:, :, :n]
+                self._sink_rotation[layer] = plan.frame_index
+            return
         if plan.commit_start is None:
             return
         c0, c1 = plan.commit_start, plan.commit_start + k.shape[2]
@@ -327,12 +390,16 @@ class KVCache:
 
     # ---- positions ----
 
-    def _sink_position(self, block_frame: int) -> int | None:
-        """Relative mode: where sink slot 0 must sit for a block at block_frame, right
-        before the oldest non-sink frame in its context (None when sinks are not full)."""
+    def _sink_position(self, block_frame: int, block_end: int) -> int | None:
+        """Where sink slot 0 must sit while frames [block_frame, block_end) attend (None
+        when sinks are not full). Absolute: at the sinks' own frame, until the block runs
+        past the RoPE table, then sliding with it. Relative: right before the oldest
+        non-sink frame in the context."""
         c = self.config
         if self.k_sink_raw is None or self.sink_filled < c.sink_frames:
             return None
+        if c.positions == "absolute":
+            return max(self.sink_first_frame, block_end - c.rope_max_positions)
         oldest = self.next_frame - self.ring_valid if self.ring_valid else block_frame
         return oldest - c.sink_frames
 
@@ -364,6 +431,97 @@ class KVCache:
             out.append((self.next_frame - self.ring_valid, lat))
         return out
 
+    def recent_latents(self, num_frames: int) -> Tensor:
+        """Clean latents [B, n, C, H, W] of the last n committed frames ("span" recache)."""
+        if not 0 < num_frames <= self.history_valid:
+            raise CacheError(
+                f"only the last {self.history_valid} frames are kept for recache "
+                f"(CacheConfig(recache='span', recache_frames=...)), asked for {num_frames}"
+            )
+        h, end = self.history_frames, self.next_frame
+        slots = [f % h for f in range(end - num_frames, end)]
+        return self.history[:, slots]
+
+    def plan_recache(self) -> BlockPlan | None:
+        """LongLive's KV-recache as one forward (see the module doc), or None when no frame
+        has been committed since the last reset.
+
+        The forward's n frames are the last n = min(recache_frames, kept) clean frames at
+        their own positions; their keys are written straight to where they will live:
+        the first sink_frames to the sinks (unless the old sinks are kept), the newest
+        window_frames of the rest to the ring, and the others, which the next block will
+        evict, to the end of the scratch slots. The forward attends to exactly those
+        keys, then ``apply_recache`` does the bookkeeping.
+        """
+        c, tpf = self.config, self.tokens_per_frame
+        n = min(self.history_frames, self.history_valid)
+        if n == 0:
+            return None
+        start = self.next_frame - n
+        sinks = c.sink_frames
+        keep = (
+            c.recache_keep_sinks
+            and sinks > 0
+            and self.sink_filled == sinks
+            and start > self.sink_first_frame
+        )
+        new_sinks = 0 if keep else min(sinks, n)
+        rest = max(0, n - sinks)  # frames after the span's first sink_frames
+        ring = min(c.ring_frames, rest)
+        tail = rest - ring  # attend now, evicted by the next block
+        assert tail <= self.scratch_frames, f"{n=} does not fit: checked in __init__"
+        base = self.scratch_tokens
+        writes = []
+        if new_sinks:
+            writes.append((0, new_sinks * tpf, base))
+        r0 = sinks * tpf
+        if tail:
+            writes.append((r0, tail * tpf, base - tail * tpf))
+        if ring:
+            writes.append((r0 + tail * tpf, ring * tpf, base + self.sink_tokens))
+        kept_sinks = sinks if keep else new_sinks
+        positions = torch.arange(start, start + n, device=self.device)
+        cos, sin = self.rope.cos_sin(positions, *self.geometry.grid_hw)
+        return BlockPlan(
+            num_frames=n,
+            frame_index=start,
+            positions=positions,
+            cos=cos,
+            sin=sin,
+            scratch_start=base - tail * tpf,
+            scratch_end=base,
+            attn_start=base - tail * tpf,
+            attn_end=base + (kept_sinks + ring) * tpf,
+            commit_start=None,
+            sink_raw_start=0 if new_sinks else None,
+            sink_position=self._recache_sink_position(start, n) if keep else None,
+            span_writes=tuple(writes),
+        )
+
+    def _recache_sink_position(self, start: int, n: int) -> int:
+        """Where kept sinks sit while a recache span [start, start + n) attends: as for a
+        block (absolute), or right before the span's first non-sink frame (relative)."""
+        c = self.config
+        if c.positions == "absolute":
+            return max(self.sink_first_frame, start + n - c.rope_max_positions)
+        return start
+
+    def apply_recache(self, plan: BlockPlan) -> None:
+        """Bookkeeping after a plan_recache forward: sinks and ring now hold the span."""
+        assert plan.span_writes, "apply_recache() needs a plan made by plan_recache()"
+        c, n = self.config, plan.num_frames
+        span = self.recent_latents(n)
+        if plan.sink_raw_start is not None:
+            new_sinks = min(c.sink_frames, n)
+            self.sink_filled = new_sinks
+            self.sink_first_frame = plan.frame_index
+            self.latents[:, :new_sinks].copy_(span[:, :new_sinks])
+        ring = min(c.ring_frames, max(0, n - c.sink_frames))
+        self.ring_count = ring
+        if ring:
+            s0 = c.sink_frames
+            self.latents[:, s0 : s0 + ring].copy_(span[:, n - ring :])
+
     def _ring_order(self) -> list[int]:
         """Ring slots from oldest to newest frame."""
         w = self.config.ring_frames
@@ -381,6 +539,7 @@ class KVCache:
             )
         self._compact(self._ring_order()[: self.ring_valid - num_frames])
         self.next_frame -= num_frames
+        self.history_valid = max(0, self.history_valid - num_frames)
 
     def truncate_window(self, keep_frames: int) -> None:
         """Keep only the newest keep_frames window frames (sinks untouched)."""
@@ -388,6 +547,7 @@ class KVCache:
             raise ValueError(f"keep_frames must be in 0..{self.ring_valid}, got {keep_frames}")
         order = self._ring_order()
         self._compact(order[len(order) - keep_frames :])
+        self.history_valid = min(self.history_valid, keep_frames)
 
     def _compact(self, slots: list[int]) -> None:
         """Rewrite the given ring slots (temporal order) to slots 0..n-1."""

@@ -90,7 +90,8 @@ class LoopConfig:
 class CachedLoop:
     """What every denoising loop shares: the stream's caches and prompt, the block shape,
     and the two ways to change the past (KV-recache, hard cut). Subclasses say how a
-    clean block is committed (``_commit``) and how blocks are made (``next_block``)."""
+    forward that only fills the cache runs (``_run``: now, or through an executor) and how
+    blocks are made (``next_block``)."""
 
     def __init__(
         self,
@@ -120,17 +121,32 @@ class CachedLoop:
         self.context = context
         self.cross.invalidate()
 
-    def _commit(self, x0: Tensor, frame_index: int) -> None:
+    def _run(self, request: FlowRequest) -> None:
+        """Run (or submit) a forward whose output nobody reads: a commit or a recache."""
         raise NotImplementedError
+
+    def _commit(self, x0: Tensor, frame_index: int) -> None:
+        """Write a clean block [B, F, C, H, W] into the cache (its keys, then bookkeeping)."""
+        assert self.context is not None
+        request = commit_request(
+            self.schedule, x0, frame_index, self.context, self.cross, self.cache, self.noise
+        )
+        self._run(request)
+        self.cache.commit(request.plan, x0)
 
     @torch.inference_mode()
     def recache(self, context: Tensor) -> None:
-        """LongLive-style KV-recache: re-encode every kept frame under a new prompt.
+        """KV-recache: re-encode the remembered frames under a new prompt, by the cache's
+        policy (engine.cache, "KV-recache").
 
-        The kept clean latents (sinks, then the window, in temporal order) are
-        committed again block by block with the new prompt, so the cache holds
-        what it would have held had the new prompt been active for those frames.
+        "blocks": the kept clean latents (sinks, then the window, in temporal order) are
+        committed again block by block with the new prompt, so the cache holds what it
+        would have held had the new prompt been active for those frames. "span":
+        LongLive's single forward over the last recache_frames frames.
         """
+        if self.cache.config.recache == "span":
+            self._recache_span(context)
+            return
         kept = self.cache.kept_frames()
         next_frame = self.cache.next_frame
         self.set_context(context)
@@ -140,6 +156,19 @@ class CachedLoop:
             for j in range(0, latents.shape[1], bf):
                 self._commit(latents[:, j : j + bf], first + j)
         self.cache.next_frame = next_frame
+
+    def _recache_span(self, context: Tensor) -> None:
+        self.set_context(context)
+        plan = self.cache.plan_recache()
+        if plan is None:
+            return  # nothing generated yet: the new prompt simply applies
+        x0 = self.cache.recent_latents(plan.num_frames)
+        sigma = self.schedule.context_sigma
+        x = x0 if sigma == 0 else add_noise(x0, self.noise(tuple(x0.shape)), sigma)
+        t = torch.full((x0.shape[0], x0.shape[1]), 1000.0 * sigma, device=x0.device)
+        assert self.context is not None
+        self._run(FlowRequest(x, t, self.context, self.cross, self.cache, plan))
+        self.cache.apply_recache(plan)
 
     def hard_cut(self, context: Tensor) -> None:
         """Start a new scene: forget all frames; positions continue from the current frame."""
@@ -170,14 +199,9 @@ class SubmittingLoop(CachedLoop):
         self.executor.flush()
         super().set_context(context)
 
-    def _commit(self, x0: Tensor, frame_index: int) -> None:
-        """Submit the commit forward; the cache's bookkeeping advances now (in order)."""
-        assert self.context is not None
-        request = commit_request(
-            self.schedule, x0, frame_index, self.context, self.cross, self.cache, self.noise
-        )
+    def _run(self, request: FlowRequest) -> None:
+        """Submit; the cache's bookkeeping advances now (the executor keeps the order)."""
         self.executor.submit(request)
-        self.cache.commit(request.plan, x0)
 
 
 class DenoisingLoop(CachedLoop):
@@ -212,10 +236,5 @@ class DenoisingLoop(CachedLoop):
         self.blocks_done += 1
         return x0
 
-    def _commit(self, x0: Tensor, frame_index: int) -> None:
-        assert self.context is not None
-        request = commit_request(
-            self.schedule, x0, frame_index, self.context, self.cross, self.cache, self.noise
-        )
+    def _run(self, request: FlowRequest) -> None:
         self.model.predict_flow(*request.args())
-        self.cache.commit(request.plan, x0)

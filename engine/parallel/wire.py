@@ -15,6 +15,9 @@ Header layout (int64, HEADER_LEN entries; unused entries are 0):
    17 context tokens T              18 text dim     19 cache config: sinks
    20 window (-1: global)           21 max frames   22 positions (0 relative)
    23 rope max positions            24 block frames  25 scratch frames (0: one block)
+
+A FORWARD of a span recache (BlockPlan.span_writes) carries its copies in
+19..27 (up to 3 of block token, tokens, cache token) and their count in 28.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import Tensor
 from engine.cache import BlockPlan, CacheConfig
 
 HEADER_LEN = 32
+_MAX_SPAN_WRITES = 3  # sinks, evicted tail, ring (engine.cache.KVCache.plan_recache)
 
 
 class Op(enum.IntEnum):
@@ -112,8 +116,13 @@ def forward_header(
         10: plan.scratch_start, 11: plan.scratch_end, 12: plan.attn_start, 13: plan.attn_end,
         14: -1 if plan.commit_start is None else plan.commit_start,
         15: -1 if plan.sink_raw_start is None else plan.sink_raw_start,
-        16: plan.sink_position or 0, 17: t, 18: d,
+        16: plan.sink_position or 0, 17: t, 18: d, 28: len(plan.span_writes),
     }  # fmt: skip
+    if len(plan.span_writes) > _MAX_SPAN_WRITES:
+        raise ValueError(f"a span recache has at most 3 copies, got {plan.span_writes}")
+    for i, write in enumerate(plan.span_writes):
+        for j, value in enumerate(write):
+            entries[19 + 3 * i + j] = value
     return _header(Op.FORWARD, seq, cache_id, entries)
 
 
@@ -135,6 +144,7 @@ def plan_from_header(
         commit_start=None if v[14] < 0 else v[14],
         sink_raw_start=None if v[15] < 0 else v[15],
         sink_position=v[16] if Flag.SINK_POSITION in header.flags else None,
+        span_writes=tuple((v[19 + 3 * i], v[20 + 3 * i], v[21 + 3 * i]) for i in range(v[28])),
     )
 
 

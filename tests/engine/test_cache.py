@@ -71,11 +71,19 @@ def test_global_cache_refuses_past_capacity_with_clear_error() -> None:
         cache.plan(1)
 
 
-def test_absolute_positions_fail_clearly_past_rope_table() -> None:
+def test_absolute_positions_are_the_reference_s_inside_the_table_then_sinks_slide() -> None:
     cache = make_cache(CacheConfig.rolling_window(1, 2, positions="absolute", rope_max_positions=8))
-    commit_frames(cache, 8)
-    with pytest.raises(CacheError, match="relative"):
-        cache.plan(1)
+    commit_frames(cache, 7)
+    plan = cache.plan(1)  # frame 7: the last one the 8-entry table holds
+    assert plan.positions.tolist() == [7]
+    assert plan.sink_position == 0  # the sink at its own frame, as in the reference
+    for frame in range(8, 40):
+        commit_frames(cache, 1)
+        plan = cache.plan(1)
+        assert plan.positions.tolist() == [frame]  # queries and window keep their frame index
+        # the sink slides so that the farthest distance stays the table's largest (7)
+        assert plan.sink_position == frame + 1 - 8
+        assert frame - plan.sink_position == 7
 
 
 def test_relative_positions_realign_sinks_before_window() -> None:
