@@ -7,7 +7,8 @@ memory block sees its own input at this step and at the previous step, and
 nothing later, so one latent frame can be decoded as soon as it exists.
 
 Design facts carried over from madebyollin/taehv (``taehv.py``, read at commit
-115aaa7; the layer structure, shapes and parameter names, not its code):
+115aaa7 and rechecked against commit 1f14a56; the layer structure, shapes and
+parameter names, not its code):
 
 - ``MemBlock``: three 3x3 convs (ReLU between) over ``cat([x_t, x_{t-1}])``, plus a
   1x1 skip of ``x_t`` (identity when widths match), then ReLU. The memory of a
@@ -34,6 +35,14 @@ Design facts carried over from madebyollin/taehv (``taehv.py``, read at commit
   needs keeps the last ones (the last time step's), see ``load_taehv_state_dict``.
 - The parameter names here follow the public checkpoints (``encoder.<i>...`` and
   ``decoder.<i>...`` map to ``layers.<i>...``), so those weights load unchanged.
+- The reference picks a variant from substrings of the checkpoint's file name;
+  ``taew2_1`` matches none of them, so it is the default build: patch size 1,
+  16 latent channels, the time flags above, base (not "super") decoder. Here that
+  is the explicit ``TAEHVConfig.wan2_1()`` preset, and ``load_taew2_1`` reads the
+  public file with a strict check of its 128 keys.
+
+Parity with the reference is tested in tests/models/test_taehv_reference.py against
+outputs recorded from the reference code itself (tests/fixtures/reference/make_taehv.py).
 
 Streaming equals batch decoding: the batch path feeds each memory block its input
 shifted one step in time (zeros first); the streaming path feeds it the same shift
@@ -44,8 +53,11 @@ sizes changes nothing but float rounding.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -207,21 +219,48 @@ def load_taehv_state_dict(
 
     ``state_dict`` is the whole checkpoint (both halves); the half that matches
     ``module`` is taken. A stride-1 TimeGrow keeps the last output channels of a
-    checkpoint that stores more (as the reference loader does).
+    checkpoint that stores more (as the reference loader does). ``load_taew2_1``
+    reads the public Wan 2.1 file with a stricter, named layout check.
     """
-    prefix = "encoder." if isinstance(module, TinyVideoEncoder) else "decoder."
-    own = module.state_dict()
+    module.load_state_dict(_own_names(module, state_dict), strict=True)
+
+
+def _prefix(module: TinyVideoEncoder | TinyVideoDecoder) -> str:
+    return "encoder." if isinstance(module, TinyVideoEncoder) else "decoder."
+
+
+def _wider_time_grow(
+    module: TinyVideoEncoder | TinyVideoDecoder, name: str, got: torch.Size, want: torch.Size
+) -> bool:
+    """A TimeGrow conv stored with more output frames than ``module`` grows (loadable)."""
+    index = name.split(".")[1]
+    return (
+        name.endswith(".conv.weight")
+        and index.isdigit()
+        and int(index) < len(module.layers)
+        and isinstance(module.layers[int(index)], TimeGrow)
+        and got[1:] == want[1:]
+        and got[0] > want[0]
+    )
+
+
+def _own_names(
+    module: TinyVideoEncoder | TinyVideoDecoder, state_dict: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """This module's half of a checkpoint, renamed ``<half>.<i>...`` -> ``layers.<i>...``.
+
+    A wider TimeGrow keeps its last output channels: those of the last time step.
+    """
+    prefix, own = _prefix(module), module.state_dict()
     sd: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if not key.startswith(prefix):
             continue
         name = "layers." + key[len(prefix) :]
-        if name in own and value.ndim == 4 and value.shape[0] > own[name].shape[0]:
-            index = int(name.split(".")[1])
-            if isinstance(module.layers[index], TimeGrow):
-                value = value[-own[name].shape[0] :]
+        if name in own and _wider_time_grow(module, name, value.shape, own[name].shape):
+            value = value[-own[name].shape[0] :]
         sd[name] = value
-    module.load_state_dict(sd, strict=True)
+    return sd
 
 
 # ---------------------------------------------------------------- encoder
@@ -412,3 +451,113 @@ class TinyVideoDecoder(nn.Module):
             f"expected [B, F, {self.config.latent_channels}, h, w] latents, got {latents.shape=}"
         )
         assert latents.shape[1] >= 1, f"no latent frames: {latents.shape=}"
+
+
+# ---------------------------------------------------------------- the public taew2_1 weights
+
+TAEW2_1_SOURCE = "taew2_1.pth (or safetensors/taew2_1.safetensors) from madebyollin/taehv"
+
+
+def _read_checkpoint(path: Path) -> dict[str, Tensor]:
+    """A flat ``{name: tensor}`` from a ``.safetensors`` or ``torch.save`` file, on CPU."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        loaded: object = load_file(path, device="cpu")
+    else:
+        # mmap needs the zip format of torch.save (every file since torch 1.6).
+        loaded = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()
+    ):
+        raise ValueError(
+            f"{path} is not a flat state dict of tensors ({type(loaded).__name__}); "
+            f"expected {TAEW2_1_SOURCE}"
+        )
+    return dict(loaded)
+
+
+def _layout_problems(
+    state_dict: Mapping[str, Tensor], modules: tuple[TinyVideoEncoder | TinyVideoDecoder, ...]
+) -> list[str]:
+    """Every key that is missing, unexpected or mis-shaped, named as in the checkpoint."""
+    expected: dict[str, tuple[TinyVideoEncoder | TinyVideoDecoder, str, torch.Size]] = {}
+    for module in modules:
+        for name, t in module.state_dict().items():
+            expected[_prefix(module) + name[len("layers.") :]] = (module, name, t.shape)
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    problems = [f"missing {k} {tuple(expected[k][2])}" for k in missing]
+    problems += [f"unexpected {k} {tuple(state_dict[k].shape)}" for k in unexpected]
+    for key in sorted(expected.keys() & state_dict.keys()):
+        module, name, want = expected[key]
+        got = state_dict[key].shape
+        if got != want and not _wider_time_grow(module, name, got, want):
+            problems.append(f"mis-shaped {key}: {tuple(got)} in the file, {tuple(want)} expected")
+    return problems
+
+
+@overload
+def load_taew2_1(
+    path: str | Path,
+    *,
+    device: torch.device | str = ...,
+    dtype: torch.dtype = ...,
+    encoder: Literal[False] = ...,
+) -> TinyVideoDecoder: ...
+
+
+@overload
+def load_taew2_1(
+    path: str | Path,
+    *,
+    device: torch.device | str = ...,
+    dtype: torch.dtype = ...,
+    encoder: Literal[True],
+) -> tuple[TinyVideoDecoder, TinyVideoEncoder]: ...
+
+
+def load_taew2_1(
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    encoder: bool = False,
+) -> TinyVideoDecoder | tuple[TinyVideoDecoder, TinyVideoEncoder]:
+    """The public Wan 2.1 tiny autoencoder: ``taew2_1.pth`` or ``taew2_1.safetensors``.
+
+    Returns the streaming decoder on ``TAEHVConfig.wan2_1()`` (F latents -> 4F - 3
+    frames, like the reference's ``decode_video``), in eval mode on ``device`` with
+    ``dtype``; with ``encoder=True``, ``(decoder, encoder)``. The whole file is checked
+    first, both halves, whichever is returned: a missing, unexpected or mis-shaped key
+    raises ValueError naming it. Hunyuan's ``taehv.pth`` has the same layout and would
+    pass the check; only the file tells the latent spaces apart.
+
+    The modules are built on the meta device and take the file's tensors (converted
+    to ``dtype``) as their parameters, so nothing is initialised and then overwritten.
+
+    Usage::
+
+        dec = load_taew2_1("taew2_1.pth", device="cuda", dtype=torch.float16)
+        dec.reset()
+        rgb = dec.push(latents)           # [1, F, 16, h, w] -> [1, 4F - 3, 3, 8h, 8w]
+    """
+    path = Path(path)
+    state_dict = _read_checkpoint(path)
+    config = TAEHVConfig.wan2_1()
+    with torch.device("meta"):
+        dec, enc = TinyVideoDecoder(config), TinyVideoEncoder(config)
+    problems = _layout_problems(state_dict, (enc, dec))
+    if problems:
+        raise ValueError(
+            f"{path} does not have the taew2_1 layout (expected {TAEW2_1_SOURCE}): "
+            + "; ".join(problems)
+        )
+    for module in (dec, enc) if encoder else (dec,):
+        sd = _own_names(module, state_dict)
+        sd = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in sd.items()}
+        module.load_state_dict(sd, strict=True, assign=True)
+        module.eval()
+    return (dec, enc) if encoder else dec
