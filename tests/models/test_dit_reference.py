@@ -4,7 +4,7 @@ Fixtures (tests/fixtures/reference/make_wan_dit.py, from guandeh17/Self-Forcing 
 NVlabs/LongLive): a tiny random DiT in the reference's key layout, the noise each
 reference pipeline drew, and the latents it produced. Here the same weights load
 through our loader, the same noise is replayed in the same order, and the loop runs
-with the reference's settings written in our terms:
+with the model profile's settings (models/profiles.py), which say in our terms:
 
 - Self-Forcing: global attention over its 21-frame cache = a window of 18 committed
   frames + the 3-frame block, no sinks, absolute positions;
@@ -15,6 +15,7 @@ with the reference's settings written in our terms:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from engine.cache import CacheConfig
 from engine.loop import DenoisingLoop, LoopConfig
-from engine.schedule import FlowSchedule
+from models.profiles import profile
 from models.wan.config import PRESETS
 from models.wan.loader import compare_keys, unwrap_state_dict
 from models.wan.model import CausalWanModel
@@ -68,12 +69,13 @@ def reference_model(tensors: dict[str, Tensor]) -> CausalWanModel:
 
 def run(
     tensors: dict[str, Tensor],
+    name: str,
     case: str,
     cache: CacheConfig,
     switches: dict[int, str] | None = None,
 ) -> Tensor:
     model = reference_model(tensors)
-    schedule = FlowSchedule(steps=(1000, 750, 500, 250), shift=5.0, sampler="renoise")
+    schedule = profile(name).schedule()
     noise = tensors[f"{case}.noise"]
     frames = noise.shape[1]
     replay = ReplayedNoise(noise, tensors[f"{case}.draws"], len(schedule.steps))
@@ -90,26 +92,22 @@ def run(
 
 def test_self_forcing_cached_inference_matches_the_reference() -> None:
     t = load_fixture("dit_self_forcing")
-    cache = CacheConfig(sink_frames=0, window_frames=18, positions="absolute")
-    latents = run(t, "plain", cache)
+    cache = profile("self-forcing").cache_config()
+    assert (cache.sink_frames, cache.window_frames, cache.positions) == (0, 18, "absolute")
+    latents = run(t, "self-forcing", "plain", cache)
     err = (latents - t["plain.latents"]).abs().max().item()
     assert err <= TOLERANCE, f"max abs error {err:.2e}"
 
 
 def longlive_cache(global_sink: bool) -> CacheConfig:
-    return CacheConfig(
-        sink_frames=3,
-        window_frames=6,
-        positions="absolute",
-        recache="span",
-        recache_frames=12,
-        recache_keep_sinks=global_sink,
-    )
+    cache = replace(profile("longlive"), global_sink=global_sink).cache_config()
+    assert (cache.sink_frames, cache.window_frames, cache.recache_frames) == (3, 6, 12)
+    return cache
 
 
 def test_longlive_window_and_sink_inference_matches_the_reference() -> None:
     t = load_fixture("dit_longlive")
-    latents = run(t, "plain", longlive_cache(True))
+    latents = run(t, "longlive", "plain", longlive_cache(True))
     err = (latents - t["plain.latents"]).abs().max().item()
     assert err <= TOLERANCE, f"max abs error {err:.2e}"
 
@@ -119,7 +117,7 @@ def test_longlive_prompt_switch_matches_the_reference(global_sink: bool) -> None
     t = load_fixture("dit_longlive")
     case = "switch_global_sink" if global_sink else "switch_local_sink"
     switches = dict(zip(t[f"{case}.switches"].tolist(), ["prompt1", "prompt2"], strict=True))
-    latents = run(t, case, longlive_cache(global_sink), switches)
+    latents = run(t, "longlive", case, longlive_cache(global_sink), switches)
     ref = t[f"{case}.latents"]
     err = (latents - ref).abs().max().item()
     assert err <= TOLERANCE, f"max abs error {err:.2e}"
