@@ -202,12 +202,28 @@ def cmd_info(a: argparse.Namespace) -> int:
     from models.wan.config import PRESETS
     from models.wan.loader import count_parameters
 
+    if a.model is not None:
+        import torch
+
+        from models.footprint import format_footprint, profile_footprint
+        from models.profiles import profile
+
+        p = profile(a.model)
+        print(p.describe())
+        print()
+        print(format_footprint(profile_footprint(p, torch.bfloat16), torch.bfloat16))
+        return 0
+    from models.profiles import PROFILES
+
     for name, cfg in PRESETS.items():
         print(
             f"{name:12s} {count_parameters(cfg):>15,d} params  dim={cfg.dim} "
             f"layers={cfg.num_layers} heads={cfg.num_heads} ffn={cfg.ffn_dim} "
             f"text_dim={cfg.text_dim}"
         )
+    print("\nmodel profiles (framecast info --model NAME):")
+    for p in PROFILES.values():
+        print(f"{p.name:16s} {p.summary}")
     return 0
 
 
@@ -492,7 +508,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(ev)
     ev.set_defaults(func=cmd_eval)
 
-    i = sub.add_parser("info", help="list presets and parameter counts")
+    i = sub.add_parser(
+        "info",
+        help="list presets, parameter counts and model profiles",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    i.add_argument(
+        "--model",
+        default=None,
+        help="print one public model profile (self-forcing, causvid, longlive, "
+        "rolling-forcing) and its components' memory at bf16",
+    )
     i.set_defaults(func=cmd_info)
 
     t = sub.add_parser("train", help="train a model on the procedural world")

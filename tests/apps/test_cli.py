@@ -142,3 +142,17 @@ def test_generate_from_checkpoint_and_precomputed_embeddings(tmp_path: Path) -> 
         "--preset", "nano", "--checkpoint", str(ckpt), "--text-embeds", str(embeds),
     ])
     assert rc == 1
+
+
+def test_info_prints_a_profile_and_its_components_memory(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["info", "--model", "longlive"]) == 0
+    out = capsys.readouterr().out
+    assert "local_attn_size=12 sink_size=3" in out  # the reference's counting
+    assert "sinks=3 window=6 + block 3" in out  # and ours
+    assert "1,418,996,800" in out  # the 1.3B DiT, counted on the meta device
+    for component in ("Wan VAE decoder", "TAEHV decoder", "UMT5-XXL encoder"):
+        assert component in out
+    assert main(["info", "--model", "longlife"]) != 0
+    assert "unknown model profile 'longlife'; choose one of" in capsys.readouterr().err
