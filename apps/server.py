@@ -38,17 +38,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from aiohttp import web
 from websockets.asyncio.server import Server as WsServer
 
-from apps.factory import GeneratorSpec, ModelOptions, build_stream
+from apps.args import add_model_arguments, model_options
 from engine.media import VideoFrame
 from engine.parallel import Pipeline, PipelineConfig
 from engine.protocols import CausalGenerator
 from engine.stream import Stream
-from models.wan.model import CausalWanModel
+from models.resolve import GeneratorSpec, ModelOptions, build_stream, latent_hw, resolve
 from streaming.control import (
     BAD_JSON,
     BAD_VALUE,
@@ -124,7 +124,8 @@ class SharedStreamFactory:
     """
 
     def __init__(self, opts: ModelOptions, pipeline: PipelineConfig | None = None) -> None:
-        self.opts = opts.resolved()
+        self.resolved = resolve(opts)
+        self.opts = self.resolved.options
         self.pipeline_config = pipeline
         self.pipeline: Pipeline | None = None
         self.pipeline_restarts = 0
@@ -132,16 +133,8 @@ class SharedStreamFactory:
         if pipeline is not None:
             self.pipeline = _start_pipeline(self.opts, pipeline)
             generator = self.pipeline.generator
-        self._template = build_stream(self.opts, name="template", generator=generator)
-        self._patch = self._template_patch()
+        self._template = build_stream(self.resolved, name="template", generator=generator)
         self._lock = threading.Lock()  # sessions are built on their own worker threads
-
-    def _template_patch(self) -> tuple[int, int, int]:
-        model = self._template.generator
-        if isinstance(model, CausalWanModel):
-            return model.config.patch_size
-        assert self.pipeline is not None
-        return cast(CausalWanModel, self.pipeline.model).config.patch_size
 
     @property
     def fps(self) -> int:
@@ -181,8 +174,8 @@ class SharedStreamFactory:
                 config, schedule=dataclasses.replace(config.schedule, steps=params.steps)
             )
         if params.width is not None and params.height is not None:
-            sized = dataclasses.replace(self.opts, width=params.width, height=params.height)
-            config = dataclasses.replace(config, latent_hw=sized.latent_hw(self._patch))
+            hw = latent_hw(self.resolved.wan, params.height, params.width)
+            config = dataclasses.replace(config, latent_hw=hw)
         with self._lock:
             decoder = copy.deepcopy(t.decoder)
             generator = self._generator()
@@ -577,7 +570,7 @@ def run_server(
     """Serve until SIGINT/SIGTERM (the `framecast serve` command); returns an exit code."""
 
     async def main() -> None:
-        log.info("loading %s ...", opts.preset)
+        log.info("loading %s ...", opts.model or "the default model")
         factory = await asyncio.to_thread(SharedStreamFactory, opts, pipeline)
         try:
             handle = await start_server(config, factory)
@@ -606,7 +599,6 @@ def run_server(
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    from apps.cli import add_model_arguments
 
     d, w = ServerConfig(), WebSocketConfig()
     p.add_argument("--host", default=d.host, help="address to bind (default: loopback only)")
@@ -625,7 +617,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--ws-codec", choices=["jpeg", "h264"], default=w.codec, help="WebSocket video")
     p.add_argument(
-        "--ice-loopback", action="store_true", help="ICE host candidates on 127.0.0.1 only"
+        "--ice-loopback",
+        action="store_true",
+        help="ICE host candidates on 127.0.0.1 only (automatic when no other interface is usable)",
     )
     p.add_argument("--ice-server", action="append", default=[], help="stun:/turn: URL (repeatable)")
     p.add_argument("--record", type=Path, help="record the first session to this MP4")
@@ -685,7 +679,6 @@ def pipeline_config(a: argparse.Namespace) -> PipelineConfig | None:
 
 
 def serve_command(a: argparse.Namespace) -> int:
-    from apps.cli import model_options
 
     config = ServerConfig(
         host=a.host,

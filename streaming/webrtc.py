@@ -21,6 +21,9 @@ pts and time base; audio pts on a 48 kHz clock in 20 ms frames.
 ICE: no STUN/TURN server unless configured. aioice gathers host candidates
 from every interface except loopback; ``WebRTCConfig.host_addresses`` replaces
 that list for this gateway's connections only (see ``ice_host_addresses``).
+Without it, a host whose only usable interface is loopback would offer no
+candidate at all, so there the gateway gathers on 127.0.0.1 instead and logs
+one line saying so (``WebRTCConfig.auto_loopback``, streaming.ice_detect).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engine.media import AudioChunk, VideoFrame
+from streaming import ice_detect
 from streaming.session import SessionClosed
 
 log = logging.getLogger(__name__)
@@ -112,6 +116,9 @@ class WebRTCConfig:
     # Local addresses for ICE host candidates. None: aioice's default (every interface
     # except loopback). ("127.0.0.1",): loopback only, for tests and same-machine use.
     host_addresses: tuple[str, ...] | None = None
+    # With host_addresses None: when no interface has an address usable for ICE (only
+    # loopback, or link-local), gather on 127.0.0.1, checked at every offer. False: never.
+    auto_loopback: bool = True
     # A connected peer that sends no RTCP receiver report for this long is gone (seconds).
     peer_timeout: float = 10.0
     # A peer that has not connected this long after the answer is dropped (seconds).
@@ -575,6 +582,41 @@ class WebRTCGateway:
     def __init__(self, config: WebRTCConfig | None = None) -> None:
         self.config = config or WebRTCConfig()
         self._peers: set[_Peer] = set()
+        self._on_loopback = False  # the last detection fell back to loopback (log changes only)
+        self.host_addresses()  # detect now, so a loopback-only host is reported at server start
+
+    def host_addresses(self) -> tuple[str, ...] | None:
+        """Addresses for the next connection's ICE host candidates; None: aioice's default.
+
+        An explicit ``config.host_addresses`` wins. Otherwise, unless
+        ``config.auto_loopback`` is off, this host's interfaces are checked (one
+        getifaddrs call) and loopback is used when none has an address usable for
+        ICE. Checked per offer, so a network that comes or goes later is noticed;
+        each change of the outcome is logged once.
+        """
+        config = self.config
+        if config.host_addresses is not None or not config.auto_loopback:
+            return config.host_addresses
+        table = ice_detect.host_interfaces()
+        addresses = ice_detect.detect_host_addresses(table)
+        if (addresses is not None) != self._on_loopback:
+            self._on_loopback = addresses is not None
+            if addresses is not None:
+                log.warning(
+                    "no network interface but loopback has an address usable for WebRTC (%s): "
+                    "ICE host candidates on %s only, so only peers on this machine can connect; "
+                    "override with WebRTCConfig(host_addresses=...) or auto_loopback=False "
+                    "(`framecast serve --ice-loopback` makes loopback explicit)",
+                    ice_detect.describe(table),
+                    ", ".join(addresses),
+                )
+            else:
+                log.info(
+                    "a network interface usable for WebRTC appeared (%s): "
+                    "ICE host candidates on every interface but loopback again",
+                    ice_detect.describe(table),
+                )
+        return addresses
 
     @property
     def connections(self) -> int:
@@ -620,6 +662,7 @@ class WebRTCGateway:
         self, sdp: str, description: aiortc_sdp.SessionDescription, session: LiveMediaSession
     ) -> _Peer:
         config = self.config
+        host_addresses = self.host_addresses()
         pc = RTCPeerConnection(config.rtc_configuration())
         peer = _Peer(pc, session, config, on_closed=self._peers.discard)
         try:
@@ -636,7 +679,7 @@ class WebRTCGateway:
             except Exception as e:  # aiortc raises ValueError, OperationError, ... on bad offers
                 raise ValueError(f"unusable SDP offer: {type(e).__name__}: {e}") from e
             answer = await pc.createAnswer()
-            with ice_host_addresses(config.host_addresses):
+            with ice_host_addresses(host_addresses):
                 await pc.setLocalDescription(answer)
             peer.video_sender = video.sender
             encoder_type = CappedVp8Encoder if config.codec == "vp8" else CappedH264Encoder
