@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine models streaming export apps bench tests
-	$(VENV)/bin/mypy engine models streaming export apps
+	$(VENV)/bin/mypy engine models streaming export apps bench
 
 test: lint
 	$(VENV)/bin/pytest -q

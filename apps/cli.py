@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from apps.factory import VAE_TEMPORAL, ModelOptions, build_stream, parse_steps
-from engine.denoisers import DENOISERS
+from apps.args import Parser, add_model_arguments, model_options
 from engine.stream import SWITCH_MODES
+from models.resolve import VAE_TEMPORAL, build_stream, resolve
 
 log = logging.getLogger("framecast")
 
@@ -24,86 +24,26 @@ def _switch(text: str) -> tuple[int, str]:
     return int(frame), prompt.strip()
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    d = ModelOptions()
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--preset",
-        default=d.preset,
-        help="world (the embedded trained default), or a random/--checkpoint preset: "
-        "tiny, nano, wan2.1-1.3b, wan2.1-14b",
-    )
-    g.add_argument(
-        "--checkpoint", type=Path, help=".pt or .safetensors (Self-Forcing, CausVid, LongLive)"
-    )
-    g.add_argument("--ema", action="store_true", help="load 'generator_ema' from the checkpoint")
-    g.add_argument("--text-embeds", type=Path, help="precomputed prompt embeddings (Wan presets)")
-    g.add_argument("--height", type=int, help="video pixels (model default: 128)")
-    g.add_argument("--width", type=int, help="video pixels (model default: 128)")
-    g.add_argument("--fps", type=int, help="output frame rate (model default)")
-    g.add_argument("--steps", type=parse_steps, help="e.g. 1000,750,500,250 (model default)")
-    g.add_argument("--shift", type=float, help="5.0 Self-Forcing, 8.0 CausVid (model default)")
-    g.add_argument("--context-step", type=int, help="noise of committed frames (model default)")
-    g.add_argument(
-        "--sampler",
-        choices=["renoise", "euler"],
-        help="step rule: renoise (distilled checkpoints) or euler (flow ODE); model default",
-    )
-    g.add_argument("--block-frames", type=int, help="latent frames per block (model default)")
-    g.add_argument("--sinks", type=int, help="pinned first latent frames (model default)")
-    g.add_argument(
-        "--window", type=int, help="recent latent frames kept; 0 = global (model default)"
-    )
-    g.add_argument("--positions", choices=["relative", "absolute"], default=d.positions)
-    g.add_argument(
-        "--denoiser",
-        choices=DENOISERS,
-        default=d.denoiser,
-        help="plain (Self-Forcing loop, the reference), stream_batch (one block per step in "
-        "flight) or rolling (Rolling Forcing window); see docs/parallel.md",
-    )
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--device", default=d.device)
-    g.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"])
-
-
-def model_options(a: argparse.Namespace) -> ModelOptions:
-    return ModelOptions(
-        preset=a.preset,
-        checkpoint=a.checkpoint,
-        use_ema=a.ema,
-        text_embeds=a.text_embeds,
-        height=a.height,
-        width=a.width,
-        fps=a.fps,
-        steps=a.steps,
-        shift=a.shift,
-        context_step=a.context_step,
-        sampler=a.sampler,
-        block_frames=a.block_frames,
-        sinks=0 if a.window == 0 else a.sinks,
-        window=a.window,
-        positions=a.positions,
-        denoiser=a.denoiser,
-        seed=a.seed,
-        device=a.device,
-        dtype=a.dtype,
-    )
-
-
 def cmd_generate(a: argparse.Namespace) -> int:
     from streaming.recording import Mp4Writer
 
-    opts = model_options(a).resolved()
+    resolved = resolve(model_options(a))
+    opts = resolved.options
     assert opts.block_frames is not None and opts.fps is not None
     assert opts.width is not None and opts.height is not None
     fps, width, height, block_frames = opts.fps, opts.width, opts.height, opts.block_frames
     if opts.window == 0:
         # global attention: room for every latent frame of the clip, in whole blocks
         blocks = math.ceil(math.ceil(a.frames / VAE_TEMPORAL) / block_frames)
-        opts = dataclasses.replace(opts, max_frames=blocks * block_frames)
+        resolved = resolve(dataclasses.replace(opts, max_frames=blocks * block_frames))
     switches = sorted(a.switch or [])
-    stream = build_stream(opts, name="generate")
+    late = [f for f, _ in switches if f >= a.frames]
+    if late:
+        raise ValueError(
+            f"--switch at frame {late[0]} never happens: the clip has {a.frames} frames "
+            f"(0..{a.frames - 1}); raise --frames or switch earlier"
+        )
+    stream = build_stream(resolved, name="generate")
     stream.start(a.prompt)
     t0 = time.perf_counter()
     with Mp4Writer(a.out, fps=fps, width=width, height=height) as writer:
@@ -134,7 +74,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from apps.eval_report import EvalConfig, default_out, format_table, run_eval, write_report
+    from bench.eval.report import EvalConfig, default_out, format_table, run_eval, write_report
 
     if a.threads:
         import torch
@@ -155,7 +95,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         oracle=a.oracle,
     )
     report = run_eval(config, model_options(a), progress=_progress)
-    out = a.out or default_out(a.preset, oracle=a.oracle)
+    out = a.out or default_out(a.model or "world", oracle=a.oracle)
     write_report(report, out)
     print(format_table(report), flush=True)
     _progress(f"wrote {out}")
@@ -163,7 +103,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    from apps.eval_report import EvalConfig
+    from bench.eval.report import EvalConfig
 
     d = EvalConfig()
     p.add_argument("--prompts", type=int, default=d.prompts, help="held-out prompts")
@@ -193,7 +133,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oracle", action="store_true", help="score the ground truth (sanity check)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument(
-        "--out", type=Path, help="JSON path (default bench/results/eval_<preset>_<date>.json)"
+        "--out", type=Path, help="JSON path (default: ./eval_<model>_<date>.json)"
     )
     add_model_arguments(p)
 
@@ -213,8 +153,17 @@ def cmd_info(a: argparse.Namespace) -> int:
         print()
         print(format_footprint(profile_footprint(p, torch.bfloat16), torch.bfloat16))
         return 0
+    from models.embedded import BUNDLES, load_bundle
     from models.profiles import PROFILES
 
+    print("embedded models (trained here, in the repo):")
+    for name in BUNDLES:
+        wan = load_bundle(name).wan_config
+        print(
+            f"{name:12s} {count_parameters(wan):>15,d} params  dim={wan.dim} "
+            f"layers={wan.num_layers} heads={wan.num_heads} + its own decoder (default model)"
+        )
+    print("\nbare presets (random weights or --checkpoint):")
     for name, cfg in PRESETS.items():
         print(
             f"{name:12s} {count_parameters(cfg):>15,d} params  dim={cfg.dim} "
@@ -443,33 +392,25 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
 
 
 def add_bench_pipeline(sub: argparse._SubParsersAction) -> None:
-    """`framecast bench-pipeline`: bench/pipeline_bench.py of this checkout (bench/ is not a
-    package; an install without the checkout has no such subcommand)."""
-    import importlib.util
+    """`framecast bench-pipeline` (bench/pipeline_bench.py)."""
+    from bench.pipeline_bench import add_pipeline_bench_arguments, pipeline_bench_command
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "pipeline_bench.py"
-    spec = importlib.util.spec_from_file_location("framecast_pipeline_bench", path)
-    if not path.is_file() or spec is None or spec.loader is None:
-        return
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # the recipe of importlib's docs (dataclasses need it)
-    spec.loader.exec_module(module)
     p = sub.add_parser(
         "bench-pipeline", help="pipeline parallelism: measured streams next to the cost model"
     )
-    module.add_pipeline_bench_arguments(p)
-    p.set_defaults(func=module.pipeline_bench_command)
+    add_pipeline_bench_arguments(p)
+    p.set_defaults(func=pipeline_bench_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="framecast", description=__doc__)
+    p = Parser(prog="framecast", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="stream a clip to an MP4 file")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", required=True, help="what to generate")
     g.add_argument("--frames", type=int, default=48, help="video frames to write")
-    g.add_argument("--out", type=Path, default=Path("out/clip.mp4"))
+    g.add_argument("--out", type=Path, default=Path("out/clip.mp4"), help="MP4 file to write")
     g.add_argument(
         "--switch",
         type=_switch,
@@ -477,7 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FRAME:PROMPT",
         help="switch the prompt at a video frame (repeatable)",
     )
-    g.add_argument("--switch-mode", choices=SWITCH_MODES, default="recache")
+    g.add_argument(
+        "--switch-mode",
+        choices=SWITCH_MODES,
+        default="recache",
+        help="how a switch treats the past",
+    )
     add_model_arguments(g)
     g.set_defaults(func=cmd_generate)
 
@@ -487,13 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(sv)
     sv.set_defaults(func=serve_command)
 
-    from apps.bench import add_bench_arguments, bench_command
+    from bench.stream import add_bench_arguments, bench_command
 
-    b = sub.add_parser("bench", help="streaming benchmark (JSON to bench/results/)")
+    b = sub.add_parser("bench", help="streaming benchmark (JSON to --out)")
     add_bench_arguments(b)
     b.set_defaults(func=bench_command)
 
-    from apps.bench_e2e import add_e2e_arguments, e2e_command
+    from bench.e2e import add_e2e_arguments, e2e_command
 
     e = sub.add_parser(
         "bench-e2e", help="end-to-end benchmark of a real model: denoise + decode, TTFF, FPS"
@@ -508,11 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(ev)
     ev.set_defaults(func=cmd_eval)
 
-    i = sub.add_parser(
-        "info",
-        help="list presets, parameter counts and model profiles",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    i = sub.add_parser("info", help="list presets, parameter counts and model profiles")
     i.add_argument(
         "--model",
         default=None,

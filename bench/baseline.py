@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from apps.bench_env import log, machine_busy_s, progress_every
-from apps.factory import VAE_TEMPORAL
+from bench.env import log, machine_busy_s, progress_every
 from engine.cache import CacheConfig
 from engine.loop import DenoisingLoop, LoopConfig, SeededNoise
 from engine.metrics import BlockClock, block_stats, synchronize
 from engine.schedule import FlowSchedule, add_noise
+from models.resolve import VAE_TEMPORAL
 from models.wan.model import CausalWanModel
 
 

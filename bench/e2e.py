@@ -2,7 +2,7 @@
 
 ``framecast bench`` times the denoising loop alone on random weights; this one
 times what a viewer gets from a real model (by default the embedded bundle,
-``--preset world``), built by apps.factory.build_stream exactly as
+``--preset world``), built by models.resolve.build_stream exactly as
 ``framecast generate`` builds it. For each resolution (default 128x128 and
 256x256), in a fresh process of its own (so that one resolution's warm caches,
 allocator and threads do not flatter the next; ``--in-process`` turns this off):
@@ -31,7 +31,7 @@ Usage::
     python bench/e2e_bench.py --preset nano --height 32 --width 32 --frames 24
 
 Progress and the configuration go to stderr, the JSON last to stdout and to
-bench/results/e2e_<preset>_<device>_<date>.json.
+./e2e_<model>_<device>_<date>.json (--out).
 """
 
 from __future__ import annotations
@@ -54,15 +54,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from apps.bench import EXTRA_WARMUP_BLOCKS, default_out, dumps, json_command
-from apps.bench_env import environment, log, machine_busy_s, progress_every, rss_bytes, slug
-from apps.cli import add_model_arguments, model_options
-from apps.factory import VAE_TEMPORAL, ModelOptions, build_stream
+from apps.args import add_model_arguments, model_options
+from bench.env import environment, log, machine_busy_s, progress_every, rss_bytes, slug
+from bench.stream import EXTRA_WARMUP_BLOCKS, default_out, dumps, json_command
 from engine.cache import BlockPlan, CrossAttentionCache, KVCache
 from engine.media import VideoFrame
 from engine.metrics import BlockClock, block_stats, synchronize
 from engine.protocols import CausalGenerator, GeneratorWrapper, StreamingDecoder
 from engine.stream import Stream
+from models.resolve import VAE_TEMPORAL, ModelOptions, build_stream, model_kind
 from models.text import PrecomputedPromptEncoder, SentenceEncoder
 
 REALTIME_FPS = 24.0  # video frames per second a viewer needs
@@ -497,7 +497,7 @@ def add_e2e_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure every resolution in this process (default: a fresh process each)",
     )
     b.add_argument(
-        "--out", default=None, help="JSON path (default bench/results/e2e_<preset>_<device>_<date>)"
+        "--out", default=None, help="JSON path (default ./e2e_<model>_<device>_<date>.json)"
     )
 
 
@@ -524,7 +524,7 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
     env = environment(device)
     sizes = _sizes(args)
     config = {
-        "preset": base.preset,
+        "model": base.model or "world",
         "weights": _weights(base),
         "sizes": [list(s) for s in sizes],
         "frames": settings.frames,
@@ -556,7 +556,8 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
         "notes": NOTES,
         "results": {"acceptance": _acceptance(results), "resolutions": results},
     }
-    name = slug(Path(base.preset).name) if base.checkpoint is None else slug(base.preset) + "-ckpt"
+    model = Path(base.model or "world").name
+    name = slug(model) if base.checkpoint is None else slug(model) + "-ckpt"
     out = Path(args.out) if args.out else default_out(name, env["device_name"], kind="e2e")
     result["output_path"] = str(out)
     log(summary(result))
@@ -602,8 +603,8 @@ NOTES = {
 def _weights(opts: ModelOptions) -> str:
     if opts.checkpoint is not None:
         return f"loaded from {opts.checkpoint}"
-    if opts.embedded:
-        return f"bundle {opts.preset}"
+    if model_kind(opts.model or "world") == "embedded":
+        return f"bundle {opts.model or 'world'}"
     return f"random (seed {opts.seed}): speed only, not quality"
 
 

@@ -5,7 +5,7 @@ running one with --url), opens --sessions WebSocket clients at once, each
 with its own prompt, and reads and decodes every frame for --seconds. Prints
 the device, versions and configuration first, progress on stderr, and the
 result JSON last on stdout; also writes it to
-bench/results/ws_load_<device>_<date>.json.
+./ws_load_<device>_<date>.json.
 
 python bench/load_ws.py                                 # 4 sessions, 30 s, embedded default
 python bench/load_ws.py --preset nano --seconds 5       # a quick smoke run
@@ -35,9 +35,9 @@ import torch
 import websockets
 from websockets.asyncio.client import connect
 
-from apps.bench_env import environment, log, slug
-from apps.factory import ModelOptions
 from apps.server import ServerConfig, SharedStreamFactory, start_server
+from bench.env import environment, log, slug
+from models.resolve import ModelOptions
 from streaming import wsproto
 
 PROMPTS = (
@@ -147,7 +147,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if url is None:
         t0 = time.perf_counter()
         opts = ModelOptions(
-            preset=args.preset, height=args.height, width=args.width, device=args.device
+            model=args.preset, height=args.height, width=args.width, device=args.device
         )
         factory = await asyncio.to_thread(SharedStreamFactory, opts)
         load_s = time.perf_counter() - t0
@@ -188,14 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sessions", type=int, default=4)
     p.add_argument("--seconds", type=float, default=30.0, help="per session, after its 1st frame")
-    p.add_argument("--preset", default=ModelOptions().preset, help="model (in-process server)")
+    p.add_argument("--preset", default="world", help="model (in-process server)")
     p.add_argument("--height", type=int, help="video pixels (model default)")
     p.add_argument("--width", type=int, help="video pixels (model default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--codec", choices=["jpeg", "h264"], default="jpeg")
     p.add_argument("--no-decode", action="store_true", help="skip decoding on the client side")
     p.add_argument("--url", help="ws:// URL of a running server instead of an in-process one")
-    p.add_argument("--out", type=Path, help="JSON path (default bench/results/ws_load_...)")
+    p.add_argument("--out", type=Path, help="JSON path (default ./ws_load_<device>_<date>.json)")
     args = p.parse_args(argv)
     env = environment(torch.device(args.device))
     env["websockets"] = websockets.__version__
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"config: {config}")
     result = {"benchmark": "ws_load", "env": env, "config": config, **asyncio.run(run(args))}
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
-    out = args.out or REPO / "bench" / "results" / f"ws_load_{slug(env['device_name'])}_{date}.json"
+    out = args.out or Path.cwd() / f"ws_load_{slug(env['device_name'])}_{date}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     s = result["summary"]

@@ -34,7 +34,7 @@ Usage::
         --stages 1 2 --wan-presets                        # seconds: a smoke run
 
 Progress and the configuration go to stderr; the JSON last to stdout and to
-bench/results/pipeline_<preset>_<device>_<date>.json.
+./pipeline_<model>_<device>_<date>.json (--out).
 """
 
 from __future__ import annotations
@@ -58,9 +58,8 @@ try:
 except ImportError:  # run from a checkout without the editable install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apps.bench import default_out, dumps, json_command
-from apps.bench_env import environment, log
-from apps.factory import VAE_TEMPORAL, GeneratorSpec, ModelOptions, build_generator
+from bench.env import environment, log
+from bench.stream import default_out, dumps, json_command
 from engine.cache import CacheConfig
 from engine.denoisers import Denoiser, make_loop
 from engine.loop import LoopConfig, SeededNoise
@@ -76,6 +75,14 @@ from engine.parallel.cost import (
     predict,
 )
 from engine.schedule import FlowSchedule
+from models.resolve import (
+    VAE_TEMPORAL,
+    GeneratorSpec,
+    ModelOptions,
+    build_generator,
+    model_kind,
+    resolve,
+)
 from models.wan.config import PRESETS, WanConfig
 from models.wan.loader import build_model
 
@@ -124,7 +131,11 @@ def add_pipeline_bench_arguments(p: argparse.ArgumentParser) -> None:
         "--wan-budget-s", type=float, default=60.0, help="time one full-size block only if under"
     )
     w.add_argument("--no-wan", action="store_true", help="skip the Wan predictions")
-    p.add_argument("--out", type=Path, help="JSON path (default bench/results/pipeline_...)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="JSON path (default ./pipeline_<model>_<device>_<date>.json)",
+    )
 
 
 # ---- pieces ----
@@ -394,13 +405,14 @@ class Setup:
 
 
 def make_setup(args: argparse.Namespace) -> Setup:
-    opts = ModelOptions(preset=args.preset, height=args.size, width=args.size, seed=args.seed)
-    opts = opts.resolved()
-    model = build_generator(opts)[0].eval()
+    opts = ModelOptions(model=args.preset, height=args.size, width=args.size, seed=args.seed)
+    resolved = resolve(opts)
+    opts = resolved.options
+    model = build_generator(resolved).eval()
     if any(s > model.num_layers for s in args.stages):
         raise ValueError(f"--stages: the model has {model.num_layers} blocks")
     assert opts.block_frames is not None
-    latent_hw = opts.latent_hw(model.config.patch_size)
+    latent_hw = resolved.stream.latent_hw
     g = torch.Generator().manual_seed(args.seed)
     context = torch.randn(1, model.config.text_len, model.config.text_dim, generator=g)
     return Setup(
@@ -573,12 +585,14 @@ def run_pipeline_bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"{r['ttfb_s']:8.2f} s, speedup {r.get('speedup_vs_single', 1.0):.2f}"
             )
     env["load_average_at_end"] = list(os.getloadavg())
+    embedded = model_kind(opts.model or "world") == "embedded"
+    weights = "embedded bundle" if embedded else "random weights"
     result: dict[str, Any] = {
         "benchmark": "framecast.pipeline",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": env,
         "config": config,
-        "notes": NOTES | {"weights": "embedded bundle" if opts.embedded else "random weights"},
+        "notes": NOTES | {"weights": weights},
         "cost_inputs": {
             "stage_times": times_json(su.times),
             "driver_ms": {f"{d}/{k}": 1e3 * s for (d, k), s in su.driver.items()},

@@ -26,15 +26,13 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))  # runnable as a script from a checkout
 
-from pipeline_bench import cache_config_for, run_stream, schedule_for  # noqa: E402
-
-from apps.bench_env import environment  # noqa: E402
-from apps.factory import GeneratorSpec, ModelOptions  # noqa: E402
+from bench.env import environment  # noqa: E402
+from bench.pipeline_bench import cache_config_for, run_stream, schedule_for  # noqa: E402
 from engine.loop import LoopConfig  # noqa: E402
 from engine.parallel import Pipeline, PipelineConfig  # noqa: E402
+from models.resolve import GeneratorSpec, ModelOptions, resolve  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: list[dict[str, Any]] = []
     for size in args.size:
-        opts = ModelOptions(preset=args.preset, height=size, width=size).resolved()
+        resolved = resolve(ModelOptions(model=args.preset, height=size, width=size))
+        opts = resolved.options
         spec = GeneratorSpec(opts)
         model = spec(range(spec(range(0)).num_layers))
-        hw = opts.latent_hw(model.config.patch_size)
+        hw = resolved.stream.latent_hw
         assert opts.block_frames is not None
         loop_config = LoopConfig(opts.block_frames, hw)
         cache = cache_config_for(opts)
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {}
                 for name, gen, pp in (("single", model, None), ("pipeline", pipe.generator, pipe)):
                     row[name] = run_stream(
-                        gen, pp, args.denoiser, schedule, loop_config, cache, context,  # type: ignore[arg-type]
+                        gen, pp, args.denoiser, schedule, loop_config, cache, context,
                         warmup=8, blocks=100_000, max_seconds=args.seconds, seed=0,
                     )  # fmt: skip
                 ratio = row["pipeline"]["blocks_per_s"] / row["single"]["blocks_per_s"]

@@ -19,10 +19,10 @@ given, the weights are random: the benchmark measures speed, not quality.
 Usage::
 
     python bench/stream_bench.py --preset tiny --blocks 2000 --baseline-blocks 100
-    python -m apps.bench --preset nano --latent-hw 4 4 --blocks 50 --out /tmp/b.json
+    python -m bench.stream --preset nano --latent-hw 4 4 --blocks 50 --out /tmp/b.json
 
 Layout: this module parses options, runs the cached stream and writes the report;
-apps.bench_baseline holds the no-cache baseline, apps.bench_env describes the
+bench.baseline holds the no-cache baseline, bench.env describes the
 machine, and engine.metrics holds the timing and statistics any stream can use.
 
 For the ``framecast bench`` subcommand: ``add_bench_arguments(sub)`` then
@@ -47,9 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from apps.bench_baseline import run_baseline
-from apps.bench_env import environment, log, machine_busy_s, progress_every, rss_bytes, slug
-from apps.factory import DTYPES, VAE_TEMPORAL, parse_steps
+from bench.baseline import run_baseline
+from bench.env import environment, log, machine_busy_s, progress_every, rss_bytes, slug
 from engine.cache import CacheConfig
 from engine.loop import DenoisingLoop, LoopConfig, SeededNoise
 from engine.metrics import (
@@ -60,8 +59,8 @@ from engine.metrics import (
     trend_ms_per_1000,
 )
 from engine.schedule import FlowSchedule
+from models.resolve import DTYPES, VAE_TEMPORAL, ModelOptions, build_generator, parse_steps, resolve
 from models.wan.config import PRESETS
-from models.wan.loader import build_model
 from models.wan.model import CausalWanModel
 
 # VAE_TEMPORAL: each latent frame decodes to 4 video frames in a running stream
@@ -80,7 +79,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to parser (also used by ``framecast bench``)."""
     g = parser.add_argument_group("model")
     g.add_argument(
-        "--preset", default="tiny", choices=sorted(PRESETS), help="model size (default tiny)"
+        "--model",
+        "--preset",
+        dest="preset",
+        default="tiny",
+        help="any model `framecast generate` takes: world (the embedded one, its trained "
+        f"weights), a profile, or a preset ({', '.join(PRESETS)}: random weights unless "
+        "--checkpoint)",
     )
     g.add_argument(
         "--checkpoint", default=None, help="DiT checkpoint; default: seeded random weights"
@@ -128,7 +133,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--out",
         default=None,
-        help="JSON path (default bench/results/stream_<preset>_<device>_<date>.json)",
+        help="JSON path (default: ./stream_<model>_<device>_<date>.json)",
     )
 
 
@@ -321,10 +326,11 @@ def _cache_sample(loop: DenoisingLoop) -> dict[str, Any]:
 
 
 def default_out(preset: str, device_label: str, kind: str = "stream") -> Path:
-    """bench/results/<kind>_<preset>_<device slug>_<UTC date>.json (of the checkout, else cwd)."""
-    base = _REPO_ROOT if (_REPO_ROOT / "bench").is_dir() else Path.cwd()
+    """<kind>_<model>_<device slug>_<UTC date>.json in the current directory (never the
+    source tree: results are committed to bench/results/ on purpose, by hand)."""
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
-    return base / "bench" / "results" / f"{kind}_{preset}_{slug(device_label)}_{date}.json"
+    name = slug(Path(preset).name)
+    return Path.cwd() / f"{kind}_{name}_{slug(device_label)}_{date}.json"
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -337,7 +343,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but torch.cuda.is_available() is False")
-    dtype = DTYPES[args.dtype]
+    assert args.dtype in DTYPES, args.dtype  # argparse choices
     bf = args.block_frames
     cache_config = CacheConfig.rolling_window(args.sinks, args.window)
     schedule = FlowSchedule(steps=tuple(args.steps), shift=args.shift)
@@ -366,7 +372,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             f"({base_warmup} = window fill + {BASELINE_EXTRA_WARMUP_BLOCKS}) or use --no-baseline"
         )
 
-    wan = PRESETS[args.preset]
+    resolved = resolve(
+        ModelOptions(
+            model=args.preset,
+            checkpoint=None if args.checkpoint is None else Path(args.checkpoint),
+            seed=args.seed,
+            device=str(device),
+            dtype=args.dtype,
+        )
+    )
+    wan = resolved.wan
     env = environment(device)
     dev_name = env["device_name"]
     config = {
@@ -406,7 +421,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     log("config: " + json.dumps(config))
 
-    model = build_model(wan, checkpoint=args.checkpoint, device=device, dtype=dtype, seed=args.seed)
+    model = build_generator(resolved)
     gen = torch.Generator().manual_seed(args.seed)
     context = torch.randn(1, wan.text_len, wan.text_dim, generator=gen).to(device)
 

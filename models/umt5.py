@@ -275,6 +275,17 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return obj
 
 
+def match_umt5_config(path: str | Path) -> UMT5Config:
+    """The preset whose embedding table a weights file has (XXL for the release, the tiny
+    test shape otherwise); XXL when none matches, so the strict loader names the keys."""
+    raw = read_state_dict(path)
+    table = raw.get("token_embedding.weight", raw.get(_EMBED, raw.get(_TIED_EMBED)))
+    for config in UMT5_PRESETS.values():
+        if table is not None and tuple(table.shape) == (config.vocab_size, config.dim):
+            return config
+    return UMT5_PRESETS["xxl"]
+
+
 def load_umt5_state_dict(path: str | Path, config: UMT5Config) -> dict[str, Tensor]:
     """The weights at ``path`` in either layout, as UMT5EncoderModel keys, checked against
     ``config`` (every key present, none left over, every shape right)."""

@@ -3,7 +3,7 @@
 The procedural world (models/world) makes scoring exact: every held-out
 prompt comes with the scene it describes, and the detector reads a clip back
 into the same terms. The metrics are generic over a `ClipSource`
-(apps.eval_sources), so they run on the engine (`EngineSource`) and on the
+(bench.eval.sources), so they run on the engine (`EngineSource`) and on the
 ground truth itself (`OracleSource`): the oracle must score perfectly on
 every metric, which checks the harness before it judges a model.
 
@@ -19,7 +19,7 @@ JSON-serialisable dataclass with percentages in [0, 100]:
 Usage::
 
     prompts = heldout_prompts(64)
-    source = EngineSource(ModelOptions(preset="world"))
+    source = EngineSource(ModelOptions(model="world"))
     result = adherence(source, prompts, frames=32)      # AdherenceResult
     oracle = OracleSource({p.prompt: p.scene for p in prompts})
     assert adherence(oracle, prompts).accuracy["all"] == 100.0
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from apps.eval_scoring import (
+from bench.eval.scoring import (
     DRIFT_ATTRIBUTES,
     ClipConsistency,
     detection_summary,
@@ -44,7 +44,7 @@ from apps.eval_scoring import (
     segment_flags,
     temporal_consistency,
 )
-from apps.eval_sources import (
+from bench.eval.sources import (
     ClipSource,
     EngineSource,
     Frames,
@@ -52,8 +52,8 @@ from apps.eval_sources import (
     nonempty_block,
     take,
 )
-from apps.factory import ModelOptions
 from engine.stream import SWITCH_MODES, SwitchMode
+from models.resolve import ModelOptions
 from models.world import EvalPrompt, check, detect
 
 __all__ = [

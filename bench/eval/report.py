@@ -1,4 +1,4 @@
-"""`framecast eval`: run every metric of apps.evaluate once, print a table, keep a JSON record.
+"""`framecast eval`: every metric of bench.eval.evaluate once, a table, a JSON record.
 
 The record holds what makes a number comparable later: the machine (CPU or
 GPU model, torch version, load), the exact configuration (model options with
@@ -7,7 +7,7 @@ to a callback (stderr in the CLI) so that stdout carries only the table.
 
 Usage::
 
-    report = run_eval(EvalConfig(prompts=8, drift_frames=0), ModelOptions(preset="nano"))
+    report = run_eval(EvalConfig(prompts=8, drift_frames=0), ModelOptions(model="nano"))
     print(format_table(report))
     write_report(report, default_out("nano", oracle=False))
 """
@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 
-from apps.bench_env import environment
-from apps.eval_sources import ClipSource
-from apps.evaluate import (
+from bench.env import environment
+from bench.eval.evaluate import (
     ATTRIBUTES,
     EngineSource,
     OracleSource,
@@ -40,9 +39,10 @@ from apps.evaluate import (
     switch_pairs,
     switch_response,
 )
-from apps.factory import GENERIC_DEFAULTS, VAE_TEMPORAL, ModelOptions
+from bench.eval.sources import ClipSource
 from engine.stream import SWITCH_MODES, SwitchMode
 from models.embedded import BundleError
+from models.resolve import GENERIC_DEFAULTS, VAE_TEMPORAL, ModelOptions
 from models.world import heldout_prompts
 
 Progress = Callable[[str], None]
@@ -99,7 +99,7 @@ def filled_options(opts: ModelOptions) -> ModelOptions:
     """
     try:
         return opts.resolved()
-    except BundleError:
+    except (BundleError, ValueError):
         fill = {
             k: v if getattr(opts, k) is None else getattr(opts, k)
             for k, v in GENERIC_DEFAULTS.items()
@@ -214,7 +214,7 @@ def format_table(report: dict[str, Any]) -> str:
     what = (
         "the ground truth (oracle)"
         if report["source"] == "oracle"
-        else f"preset {m['preset']}, sinks {m['sinks']}, window {m['window']}"
+        else f"model {m['model']}, sinks {m['sinks']}, window {m['window']}"
     )
     lines = [
         f"framecast eval: {what}, {m['height']}x{m['width']}, "
@@ -270,11 +270,11 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def default_out(preset: str, *, oracle: bool) -> Path:
-    """bench/results/eval_<preset name>_<date>.json (eval_oracle_... for the oracle)."""
-    base = _REPO_ROOT if (_REPO_ROOT / "bench").is_dir() else Path.cwd()
+    """./eval_<model name>_<date>.json (eval_oracle_... for the oracle), in the current
+    directory, never the source tree."""
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
     name = "oracle" if oracle else (Path(preset).name or "model")
-    return base / "bench" / "results" / f"eval_{name}_{date}.json"
+    return Path.cwd() / f"eval_{name}_{date}.json"
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from apps.eval_sources import Frames
+from bench.eval.sources import Frames
 from models.world import Detection, Scene, check, detect
 from models.world.detect import DOMINANCE, STILL_SPEED
 from models.world.scene import FPS, HALF_EXTENT, Motion

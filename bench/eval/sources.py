@@ -3,7 +3,7 @@
 A `ClipSource` streams uint8 frames [n, H, W, 3] block by block for a
 prompt, and can switch prompts between blocks. Two implementations:
 
-- `EngineSource`: the engine's Stream (apps.factory.build_stream) for one
+- `EngineSource`: the engine's Stream (models.resolve.build_stream) for one
   set of model options; the weights load once and every clip gets a fresh
   session.
 - `OracleSource`: renders the exact scene of each prompt (models.world). It
@@ -26,8 +26,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from apps.factory import VAE_TEMPORAL, ModelOptions, build_stream
 from engine.stream import SWITCH_MODES, SwitchMode
+from models.resolve import VAE_TEMPORAL, ModelOptions, build_stream
 from models.world import Scene, WorldStream
 
 Frames = npt.NDArray[np.uint8]  # [T, H, W, 3]

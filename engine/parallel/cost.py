@@ -74,7 +74,7 @@ from engine.parallel.wire import HEADER_LEN
 from engine.protocols import GeneratorWrapper, LayeredGenerator
 from engine.schedule import FlowSchedule
 
-VIDEO_FRAMES_PER_LATENT = 4  # Wan VAE / TAEHV temporal upsampling (apps.factory.VAE_TEMPORAL)
+VIDEO_FRAMES_PER_LATENT = 4  # Wan VAE / TAEHV temporal upsampling (models.resolve.VAE_TEMPORAL)
 HEADER_BYTES = HEADER_LEN * 8  # int64 header of every pipeline message
 FLOAT_BYTES = 4  # activations, latents and timesteps travel as float32
 PREDICT_BLOCKS = 48  # blocks replayed by predict(); steady state = the second half

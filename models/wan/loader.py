@@ -176,3 +176,27 @@ def count_parameters(config: WanConfig) -> int:
     with torch.device("meta"):
         model = CausalWanModel(config)
     return sum(p.numel() for p in model.parameters())
+
+
+def _expected_shapes(c: WanConfig) -> dict[str, tuple[int, ...]]:
+    """A few keys whose shapes tell the presets apart (heads are not visible in shapes)."""
+    return {
+        "patch_embedding.weight": (c.dim, c.in_dim, *c.patch_size),
+        "text_embedding.0.weight": (c.dim, c.text_dim),
+        "blocks.0.ffn.0.weight": (c.ffn_dim, c.dim),
+        f"blocks.{c.num_layers - 1}.ffn.0.weight": (c.ffn_dim, c.dim),
+    }
+
+
+def recognise_preset(sd: dict[str, Tensor]) -> str | None:
+    """The models.wan preset whose shapes a state dict (bare keys) has, or None."""
+    from models.wan.config import PRESETS
+
+    layers = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.")}
+    for name, config in PRESETS.items():
+        if len(layers) != config.num_layers:
+            continue
+        shapes = _expected_shapes(config)
+        if all(k in sd and tuple(sd[k].shape) == s for k, s in shapes.items()):
+            return name
+    return None

@@ -173,10 +173,10 @@ async def _poll(check: Any, timeout: float, what: str) -> Any:
 async def _child(out: Path) -> None:
     from playwright.async_api import async_playwright
 
-    from apps.factory import ModelOptions
     from apps.server import ServerConfig, SharedStreamFactory, start_server
+    from models.resolve import ModelOptions
 
-    factory = await asyncio.to_thread(SharedStreamFactory, ModelOptions(preset="world"))
+    factory = await asyncio.to_thread(SharedStreamFactory, ModelOptions(model="world"))
     # ice_loopback: WebRTCConfig(host_addresses=("127.0.0.1",)) for the server's peers
     handle = await start_server(ServerConfig(port=0, ice_loopback=True), factory)
     manager = handle.manager

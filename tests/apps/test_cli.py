@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import av
@@ -97,7 +98,7 @@ def test_bad_arguments_give_clear_errors(
     )
     assert rc == 1 and "--text-embeds" in capsys.readouterr().err
     rc = main(["generate", "--prompt", "x", "--out", str(tmp_path / "c.mp4"), "--preset", "nope"])
-    assert rc == 1 and "unknown preset" in capsys.readouterr().err
+    assert rc == 1 and "unknown model 'nope'" in capsys.readouterr().err
     rc = main(
         [
             "generate",
@@ -156,3 +157,34 @@ def test_info_prints_a_profile_and_its_components_memory(
         assert component in out
     assert main(["info", "--model", "longlife"]) != 0
     assert "unknown model profile 'longlife'; choose one of" in capsys.readouterr().err
+
+
+def test_a_switch_at_or_past_the_clip_end_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "s.mp4"
+    rc = main(["generate", "--prompt", "a red circle", "--switch", "48:a blue square",
+               "--frames", "48", "--model", "nano", "--height", "32", "--width", "32",
+               "--out", str(out)])  # fmt: skip
+    assert rc == 1 and "never happens" in capsys.readouterr().err and not out.exists()
+
+
+def test_every_generate_option_shows_its_default() -> None:
+    from apps.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    generate = sub.choices["generate"]
+    helps = generate.format_help()
+    for action in generate._actions:
+        if not action.option_strings or action.dest in ("help", "prompt"):
+            continue
+        text = generate.formatter_class(prog="x")._get_help_string(action)  # type: ignore[call-arg]
+        assert "default" in text, f"{action.option_strings} shows no default"
+    assert "(default: the model's own)" in helps and "(default: 48)" in helps
+
+
+def test_info_lists_the_embedded_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "\nworld " in out and "longlive" in out and "wan2.1-1.3b" in out

@@ -18,8 +18,8 @@ import pytest
 from live import run
 from websockets.asyncio.client import connect
 
-from apps.factory import ModelOptions
 from apps.server import ServerConfig, SharedStreamFactory, start_server
+from models.resolve import ModelOptions
 from streaming import wsproto
 
 FPS = 16  # the embedded defaults' frame rate; nano makes 12-frame blocks (0.75 s of video)
@@ -32,7 +32,7 @@ AGE_BOUND = 1.0  # seconds: under two read intervals plus one block (0.75 s) of 
 def test_age_of_delivered_frames_stays_bounded_with_a_slow_reader(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    factory = SharedStreamFactory(ModelOptions(preset="nano", height=64, width=64, fps=FPS))
+    factory = SharedStreamFactory(ModelOptions(model="nano", height=64, width=64, fps=FPS))
 
     async def body() -> tuple[list[float], list[float], str]:
         server = await start_server(ServerConfig(host="127.0.0.1", port=0), factory)

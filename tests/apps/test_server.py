@@ -22,8 +22,8 @@ from live import run, serving
 from websockets.asyncio.client import connect
 from websockets.sync.client import connect as sync_connect
 
-from apps.factory import ModelOptions
 from apps.server import ServerConfig, ServerThread, SharedStreamFactory
+from models.resolve import ModelOptions
 
 FPS = 48
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def factory() -> SharedStreamFactory:
-    return SharedStreamFactory(ModelOptions(preset="nano", height=64, width=64, fps=FPS))
+    return SharedStreamFactory(ModelOptions(model="nano", height=64, width=64, fps=FPS))
 
 
 # ---- Prometheus text format, checked line by line ----

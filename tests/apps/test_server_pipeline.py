@@ -15,14 +15,14 @@ import pytest
 from live import run, serving
 from websockets.asyncio.client import connect
 
-from apps.factory import ModelOptions
 from apps.server import SharedStreamFactory
 from engine.parallel import PipelineConfig
+from models.resolve import ModelOptions
 
 
 @pytest.fixture(scope="module")
 def factory() -> Iterator[SharedStreamFactory]:
-    opts = ModelOptions(preset="tiny", height=32, width=32, fps=16)
+    opts = ModelOptions(model="tiny", height=32, width=32, fps=16)
     f = SharedStreamFactory(opts, PipelineConfig(stages=2, threads_per_stage=1, timeout_s=30))
     yield f
     f.close()

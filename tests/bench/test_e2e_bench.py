@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from apps.bench import default_out
-from apps.bench_e2e import SpanTimer, TimedDecoder, TimedGenerator, main
-from apps.factory import ModelOptions, build_stream
+from bench.e2e import SpanTimer, TimedDecoder, TimedGenerator, main
+from bench.stream import default_out
 from engine.protocols import StreamingDecoder
 from models.decoders import LatentPreviewDecoder, TAEHVConfig, TinyVideoDecoder
+from models.resolve import ModelOptions, build_stream
 
 NANO = ["--preset", "nano", "--height", "32", "--width", "32", "--seed", "1"]
 FRAMES, WARMUP = 24, 12  # nano streams 3-frame blocks: 12 video frames per block
@@ -99,7 +99,7 @@ def test_timed_decoder_passes_frames_through(make: Callable[[], StreamingDecoder
 
 def test_timed_stream_makes_the_same_frames() -> None:
     """Both proxies in a real Stream: identical frames, and every block's work is timed."""
-    opts = ModelOptions(preset="nano", height=32, width=32, seed=2)
+    opts = ModelOptions(model="nano", height=32, width=32, seed=2)
     plain, timed = build_stream(opts), build_stream(opts)
     cpu = torch.device("cpu")
     den, dec = SpanTimer(cpu), SpanTimer(cpu)

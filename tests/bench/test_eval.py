@@ -10,9 +10,7 @@ import pytest
 import torch
 
 from apps.cli import main
-from apps.eval_report import jsonable
-from apps.eval_scoring import motion_axis
-from apps.evaluate import (
+from bench.eval.evaluate import (
     ATTRIBUTES,
     EngineSource,
     OracleSource,
@@ -23,7 +21,9 @@ from apps.evaluate import (
     switch_pairs,
     switch_response,
 )
-from apps.factory import ModelOptions
+from bench.eval.report import jsonable
+from bench.eval.scoring import motion_axis
+from models.resolve import ModelOptions
 from models.world import EvalPrompt, Scene, SceneObject, WorldStream, detect, heldout_prompts
 
 SIZE = 64  # oracle frames: the detector is exact at this size
@@ -97,7 +97,7 @@ def in_range(x: float | None) -> bool:
 
 def test_engine_metrics_run_end_to_end(prompts: list[EvalPrompt]) -> None:
     """Random nano weights: only the plumbing is checked (values in range, JSON-ready)."""
-    opts = ModelOptions(preset="nano", height=32, width=32)
+    opts = ModelOptions(model="nano", height=32, width=32)
     source = EngineSource(opts)
     a = adherence(source, prompts[:3], frames=20)  # blocks are 12 frames: 20 cuts one
     assert a.clips == 3 and all(in_range(v) for v in a.accuracy.values())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.bench import add_bench_arguments, main, run_bench
+from bench.stream import add_bench_arguments, main, run_bench
 
 SMALL = [
     "--preset", "nano", "--latent-hw", "4", "4", "--block-frames", "3",
@@ -96,7 +96,7 @@ def test_naive_baseline_matches_cached_stream_before_eviction() -> None:
     same computation as the cache: the baseline is a fair (same-work) comparison."""
     import torch
 
-    from apps.bench_baseline import NaiveStream
+    from bench.baseline import NaiveStream
     from engine.cache import CacheConfig
     from engine.loop import DenoisingLoop, LoopConfig, SeededNoise
     from engine.schedule import FlowSchedule

@@ -13,16 +13,16 @@ import pytest
 import torch
 from torch import Tensor
 
-from apps.factory import GeneratorSpec, ModelOptions
 from engine.cache import CacheConfig
 from engine.denoisers import BlockLoop, Denoiser, make_loop
 from engine.loop import LoopConfig, SeededNoise
 from engine.parallel import Pipeline, PipelineConfig, PipelineError, balance_layers, split_layers
 from engine.protocols import CausalGenerator
 from engine.schedule import FlowSchedule
+from models.resolve import GeneratorSpec, ModelOptions
 from models.wan.model import CausalWanModel
 
-SPEC = GeneratorSpec(ModelOptions(preset="tiny", seed=0))  # 4 blocks, random weights
+SPEC = GeneratorSpec(ModelOptions(model="tiny", seed=0))  # 4 blocks, random weights
 HW = (4, 4)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apps.factory import ModelOptions, build_stream
 from models.embedded import WEIGHTS_DIR, BundleError, load_bundle
+from models.resolve import ModelOptions, build_stream
 from models.wan.loader import count_parameters
 from models.world import check, detect
 from models.world.prompts import EvalPrompt, heldout_prompts

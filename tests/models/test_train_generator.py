@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.factory import ModelOptions, build_stream
 from models.embedded import load_bundle
+from models.resolve import ModelOptions, build_stream
 from models.train.autoencoder import TrainConfig, train_autoencoder
 from models.train.bundle import write_bundle
 from models.train.generator import ClipSampler, GeneratorTrainConfig, train_generator
@@ -72,7 +72,7 @@ def test_short_run_learns_and_bundles_into_a_stream(tmp_path: Path) -> None:
     ema = load_file(str(tmp_path / "gen" / "generator_ema.safetensors"))
     for k, v in trained.state_dict().items():
         assert torch.equal(v, ema[k]), k
-    stream = build_stream(ModelOptions(preset=str(bundle.path)))
+    stream = build_stream(ModelOptions(model=str(bundle.path)))
     stream.start("a red circle")
     frames = list(stream.frames(max_frames=8))
     stream.close()

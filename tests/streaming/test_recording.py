@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from apps.factory import ModelOptions, build_stream
 from engine.media import AudioChunk, VideoFrame
+from models.resolve import ModelOptions, build_stream
 from streaming.recording import AUDIO_RATE, Mp4Writer
 
 FRAMES = 40  # 2.5 s at 16 fps
@@ -18,7 +18,7 @@ TONE = 440.0  # Hz
 
 
 def engine_frames(n: int) -> tuple[list[VideoFrame], int]:
-    stream = build_stream(ModelOptions(preset="nano"), name="rec")
+    stream = build_stream(ModelOptions(model="nano"), name="rec")
     stream.start("a red ball bouncing")
     try:
         return list(stream.frames(max_frames=n)), stream.config.fps

@@ -11,12 +11,12 @@ import pytest
 from live import run
 from torch import Tensor
 
-from apps.factory import ModelOptions
 from apps.server import SharedStreamFactory
 from engine.cache import BlockPlan, CrossAttentionCache, KVCache
 from engine.media import VideoFrame
 from engine.protocols import CausalGenerator, GeneratorWrapper
 from engine.stream import Stream
+from models.resolve import ModelOptions
 from streaming.control import BAD_VALUE, BUSY, CLOSED, ControlError, StartParams
 from streaming.session import (
     LatestQueue,
@@ -32,7 +32,7 @@ FPS = 48  # frames/s of the test streams: more frames per second of test time
 
 @pytest.fixture(scope="module")
 def factory() -> SharedStreamFactory:
-    return SharedStreamFactory(ModelOptions(preset="nano", height=64, width=64, fps=FPS))
+    return SharedStreamFactory(ModelOptions(model="nano", height=64, width=64, fps=FPS))
 
 
 # ---- the parts ----

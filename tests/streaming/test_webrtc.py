@@ -28,9 +28,9 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from apps.factory import ModelOptions
 from apps.server import ServerConfig, ServerThread, SharedStreamFactory
 from engine.media import AudioChunk
+from models.resolve import ModelOptions
 from streaming.session import LiveSession, SessionClosed, SessionManager
 from streaming.webrtc import (
     AUDIO_FRAME_SAMPLES,
@@ -172,7 +172,7 @@ PEER_TIMEOUT = 2.0  # seconds without RTCP before the server drops a peer (defau
 
 @pytest.fixture(scope="module")
 def factory() -> SharedStreamFactory:
-    return SharedStreamFactory(ModelOptions(preset="world"))
+    return SharedStreamFactory(ModelOptions(model="world"))
 
 
 @pytest.fixture

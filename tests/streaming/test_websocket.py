@@ -19,8 +19,8 @@ from live import run, serving
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from apps.factory import ModelOptions
 from apps.server import SharedStreamFactory
+from models.resolve import ModelOptions
 from streaming import wsproto
 from streaming.websocket import WebSocketConfig
 from streaming.wsproto import FrameError, MediaHeader, MsgType, PayloadKind
@@ -30,7 +30,7 @@ FPS = 48
 
 @pytest.fixture(scope="module")
 def factory() -> SharedStreamFactory:
-    return SharedStreamFactory(ModelOptions(preset="nano", height=64, width=64, fps=FPS))
+    return SharedStreamFactory(ModelOptions(model="nano", height=64, width=64, fps=FPS))
 
 
 class Client:
