@@ -65,6 +65,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument("--ema", action="store_true", help="load 'generator_ema' from the checkpoint")
     g.add_argument(
+        "--lora",
+        type=Path,
+        help="a peft LoRA folded into the DiT at load time (LongLive's lora.pt; found in "
+        "--weights when the profile has one)",
+    )
+    g.add_argument("--lora-alpha", type=float, help="the LoRA's alpha (peft files omit it)")
+    g.add_argument(
         "--text-embeds", type=Path, help="precomputed prompt embeddings instead of UMT5"
     )
     g.add_argument(
@@ -116,6 +123,8 @@ def model_options(a: argparse.Namespace) -> ModelOptions:
         weights=a.weights,
         checkpoint=a.checkpoint,
         use_ema=a.ema,
+        lora=a.lora,
+        lora_alpha=a.lora_alpha,
         text_embeds=a.text_embeds,
         decoder=a.decoder,
         text_offload=a.text_offload,

@@ -72,6 +72,8 @@ class ModelProfile:
     width: int = 832
     fps: int = 16
     checkpoint_names: tuple[str, ...] = ()  # the DiT file names the release uses
+    lora_names: tuple[str, ...] = ()  # a LoRA the release applies on top of the DiT
+    lora_alpha: float | None = None  # its alpha (not stored in peft files); None: = rank
 
     def __post_init__(self) -> None:
         if self.local_attn_size != -1:
@@ -145,7 +147,7 @@ class ModelProfile:
             ("prompt switch", recache),
             ("denoiser", self.denoiser),
             ("video", f"{self.width}x{self.height} at {self.fps} fps"),
-            ("checkpoint", ", ".join(self.checkpoint_names) or "-"),
+            ("checkpoint", ", ".join(self.checkpoint_names + self.lora_names) or "-"),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -176,6 +178,7 @@ PROFILES: dict[str, ModelProfile] = {
             recache="span",
             global_sink=True,
             checkpoint_names=("longlive_base.pt",),
+            lora_names=("lora.pt",),  # rank 256, alpha 256: scale 1
         ),
         ModelProfile(
             name="rolling-forcing",

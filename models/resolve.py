@@ -93,6 +93,8 @@ class ModelOptions:
     model: str | None = None  # embedded bundle, profile or preset name; None: DEFAULT_MODEL
     weights: Path | None = None  # a folder with a public model's files (profiles)
     checkpoint: Path | None = None  # the DiT file itself (overrides the one in weights)
+    lora: Path | None = None  # a LoRA folded into the DiT (overrides the one in weights)
+    lora_alpha: float | None = None  # its alpha; None: the profile's, else alpha = rank
     use_ema: bool = False
     text_embeds: Path | None = None  # precomputed prompt embeddings instead of UMT5
     decoder: DecoderChoice = "auto"  # auto: the model's own (Wan VAE for profiles)
@@ -130,6 +132,7 @@ class WeightFiles:
     """The files of a public model, found under one folder (any may be None if unneeded)."""
 
     dit: Path | None = None
+    lora: Path | None = None
     vae: Path | None = None
     taehv: Path | None = None
     umt5: Path | None = None
@@ -172,6 +175,7 @@ class WeightFiles:
 
         dit_names = profile.checkpoint_names if profile is not None else ()
         look("dit", dit_names, need_dit, f"the {profile.name if profile else ''} DiT checkpoint")
+        look("lora", profile.lora_names if profile is not None else (), False, "")
         look("vae", cls.VAE_NAMES, decoder == "wan-vae", cls.SOURCES["vae"])
         look("taehv", cls.TAEHV_NAMES, decoder == "taehv", cls.SOURCES["taehv"])
         look("umt5", cls.UMT5_NAMES, need_text, cls.SOURCES["umt5"])
@@ -321,6 +325,16 @@ def resolve(opts: ModelOptions) -> Resolved:
         need_text=need_text,
     )
     checkpoint = opts.checkpoint or files.dit
+    if profile is not None and profile.lora_names and opts.lora is None and files.lora is None:
+        log.warning(
+            "%s: no %s found%s: running the base DiT alone, which is not the released model "
+            "(pass --lora or put it under --weights)",
+            profile.name,
+            " or ".join(profile.lora_names),
+            f" under {opts.weights}" if opts.weights else "",
+        )
+    if opts.lora is None and files.lora is not None and checkpoint != files.dit:
+        files = dataclasses.replace(files, lora=None)  # the folder's LoRA is for its own DiT
 
     if kind == "embedded":
         wan = load_bundle(name).wan_config
@@ -394,9 +408,11 @@ def build_generator(r: Resolved) -> CausalWanModel:
             "structured noise, not trained video)",
             o.model,
         )
+    lora = o.lora or r.files.lora
+    alpha = o.lora_alpha if o.lora_alpha is not None else (r.profile and r.profile.lora_alpha)
     return build_model(
         r.wan, checkpoint=r.checkpoint, device=o.device, dtype=dtype, seed=o.seed,
-        use_ema=o.use_ema,
+        use_ema=o.use_ema, lora=lora, lora_alpha=alpha or None,
     )  # fmt: skip
 
 

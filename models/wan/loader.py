@@ -138,12 +138,77 @@ def compare_keys(model: nn.Module, sd: dict[str, Tensor]) -> KeyReport:
     return KeyReport(missing, unexpected, mismatched)
 
 
+_LORA_PREFIXES = ("base_model.model.", "model.")
+
+
+def load_lora_file(path: str | Path) -> dict[str, Tensor]:
+    """A peft LoRA state dict (LongLive's ``lora.pt``: bare, or under ``generator_lora``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"LoRA file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj: object = load_file(str(path))
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and isinstance(obj.get("generator_lora"), dict):
+        obj = obj["generator_lora"]
+    lora_keys = isinstance(obj, dict) and any(".lora_A." in str(k) for k in obj)
+    if not isinstance(obj, dict) or not _is_state_dict(obj) or not lora_keys:
+        raise CheckpointError(f"{path} is not a LoRA state dict (no '*.lora_A.*' keys)")
+    return {str(k): v for k, v in obj.items()}
+
+
+def merge_lora(
+    sd: dict[str, Tensor], lora: dict[str, Tensor], *, alpha: float | None = None
+) -> dict[str, Tensor]:
+    """Fold a LoRA into the weights it adapts: W + (alpha / rank) * B @ A, per layer.
+
+    ``alpha`` is not stored in peft's files; None means alpha = rank (scale 1), which is
+    LongLive's released setting (rank 256, alpha 256, configs/longlive_inference.yaml).
+    Folding once at load time costs nothing per forward. Every adapted layer must exist."""
+    out = dict(sd)
+    merged = 0
+    for key, a in lora.items():
+        if ".lora_A." not in key:
+            continue
+        b_key = key.replace(".lora_A.", ".lora_B.")
+        if b_key not in lora:
+            raise CheckpointError(f"LoRA has {key} but no {b_key}")
+        base = key.split(".lora_A.")[0]
+        for prefix in _LORA_PREFIXES:
+            base = base.removeprefix(prefix)
+        target = base + ".weight"
+        if target not in out:
+            raise CheckpointError(f"LoRA adapts {target}, which the DiT does not have")
+        b, w = lora[b_key], out[target]
+        if a.ndim != 2 or b.ndim != 2 or (b.shape[0], a.shape[1]) != tuple(w.shape):
+            raise CheckpointError(
+                f"LoRA {base}: A {list(a.shape)} and B {list(b.shape)} do not fit {list(w.shape)}"
+            )
+        rank = a.shape[0]
+        scale = (rank if alpha is None else alpha) / rank
+        delta = b.float() @ a.float()
+        out[target] = (w.float() + scale * delta).to(w.dtype)
+        merged += 1
+    log.info("merged a LoRA into %d layers (alpha %s)", merged, alpha or "= rank")
+    return out
+
+
 def load_checkpoint(
-    model: CausalWanModel, path: str | Path, *, use_ema: bool = False
+    model: CausalWanModel,
+    path: str | Path,
+    *,
+    use_ema: bool = False,
+    lora: str | Path | None = None,
+    lora_alpha: float | None = None,
 ) -> CausalWanModel:
-    """Load a checkpoint into model with strict key matching (works on a meta-device model:
-    tensors are assigned, not copied)."""
+    """Load a checkpoint (and fold in a LoRA) into model with strict key matching (works on
+    a meta-device model: tensors are assigned, not copied)."""
     sd = load_state_dict_file(path, use_ema=use_ema)
+    if lora is not None:
+        sd = merge_lora(sd, load_lora_file(lora), alpha=lora_alpha)
     report = compare_keys(model, sd)
     if not report.ok:
         raise CheckpointError(f"{path} does not fit this model: {report.describe()}")
@@ -159,13 +224,17 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     use_ema: bool = False,
+    lora: str | Path | None = None,
+    lora_alpha: float | None = None,
 ) -> CausalWanModel:
     """A ready-to-run model: built on the meta device and loaded with assign when a
     checkpoint is given (no double allocation), else seeded random weights."""
+    if lora is not None and checkpoint is None:
+        raise CheckpointError(f"a LoRA ({lora}) needs the checkpoint it adapts")
     if checkpoint is not None:
         with torch.device("meta"):
             model = CausalWanModel(config)
-        load_checkpoint(model, checkpoint, use_ema=use_ema)
+        load_checkpoint(model, checkpoint, use_ema=use_ema, lora=lora, lora_alpha=lora_alpha)
     else:
         model = CausalWanModel(config).init_weights(seed)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

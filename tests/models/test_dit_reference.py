@@ -27,7 +27,7 @@ from engine.cache import CacheConfig
 from engine.loop import DenoisingLoop, LoopConfig
 from models.profiles import profile
 from models.wan.config import PRESETS
-from models.wan.loader import compare_keys, unwrap_state_dict
+from models.wan.loader import compare_keys, merge_lora, unwrap_state_dict
 from models.wan.model import CausalWanModel
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "reference"
@@ -57,8 +57,11 @@ def load_fixture(name: str) -> dict[str, Tensor]:
     return load_file(str(FIXTURES / f"{name}.safetensors"))
 
 
-def reference_model(tensors: dict[str, Tensor]) -> CausalWanModel:
+def reference_model(tensors: dict[str, Tensor], lora: bool = False) -> CausalWanModel:
     sd = unwrap_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("dit.")})
+    if lora:  # LongLive's lora.pt layout, folded in at load time
+        adapter = {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.base_model")}
+        sd = merge_lora(sd, adapter, alpha=tensors["adapter.alpha"].item())
     with torch.device("meta"):
         model = CausalWanModel(PRESETS["nano"])
     report = compare_keys(model, sd)
@@ -73,8 +76,9 @@ def run(
     case: str,
     cache: CacheConfig,
     switches: dict[int, str] | None = None,
+    lora: bool = False,
 ) -> Tensor:
-    model = reference_model(tensors)
+    model = reference_model(tensors, lora)
     schedule = profile(name).schedule()
     noise = tensors[f"{case}.noise"]
     frames = noise.shape[1]
@@ -124,3 +128,13 @@ def test_longlive_prompt_switch_matches_the_reference(global_sink: bool) -> None
     # the switch changed the output: the fixture is not blind to recache
     plain = t["plain.latents"]
     assert (ref[:, 9:] - plain[:, 9:]).abs().max() > 1e-2
+
+
+def test_longlive_with_its_lora_matches_the_reference() -> None:
+    """LongLive ships longlive_base.pt + lora.pt; the reference applies the LoRA with peft
+    at every forward, we fold it into the weights once."""
+    t = load_fixture("dit_longlive")
+    latents = run(t, "longlive", "lora", longlive_cache(True), lora=True)
+    err = (latents - t["lora.latents"]).abs().max().item()
+    assert err <= TOLERANCE, f"max abs error {err:.2e}"
+    assert (t["lora.latents"] - t["plain.latents"]).abs().max() > 1e-2  # the LoRA matters

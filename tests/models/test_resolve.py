@@ -127,3 +127,28 @@ def test_every_model_kind_resolves() -> None:
     assert resolve(ModelOptions(model="tiny")).kind == "preset"
     with pytest.raises(ValueError, match="longlive"):
         resolve(ModelOptions(model="longlife"))
+
+
+def test_the_release_lora_is_found_and_folded_in(release: Path, tmp_path: Path) -> None:
+    from models.resolve import build_generator
+
+    folder = tmp_path / "with_lora"
+    shutil.copytree(release, folder)
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(4, 64, generator=g), torch.randn(64, 4, generator=g)
+    prefix = "base_model.model.blocks.0.self_attn.q"
+    torch.save({f"{prefix}.lora_A.weight": a, f"{prefix}.lora_B.weight": b}, folder / "lora.pt")
+    opts = ModelOptions(model="longlive", weights=folder, decoder="taehv", height=32, width=32)
+    r = resolve(opts)
+    assert r.files.lora == folder / "lora.pt"
+    base = resolve(ModelOptions(model="longlive", weights=release, decoder="taehv"))
+    merged = build_generator(r).state_dict()["blocks.0.self_attn.q.weight"]
+    plain = build_generator(base).state_dict()["blocks.0.self_attn.q.weight"]
+    torch.testing.assert_close(merged, plain + b @ a)  # alpha = rank: scale 1
+
+
+def test_a_missing_release_lora_is_said(
+    release: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    resolve(ModelOptions(model="longlive", weights=release, decoder="taehv"))
+    assert "lora.pt" in caplog.text and "not the released model" in caplog.text
