@@ -147,8 +147,6 @@ def test_the_release_lora_is_found_and_folded_in(release: Path, tmp_path: Path) 
     torch.testing.assert_close(merged, plain + b @ a)  # alpha = rank: scale 1
 
 
-def test_a_missing_release_lora_is_said(
-    release: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_missing_release_lora_is_said(release: Path, caplog: pytest.LogCaptureFixture) -> None:
     resolve(ModelOptions(model="longlive", weights=release, decoder="taehv"))
     assert "lora.pt" in caplog.text and "not the released model" in caplog.text
