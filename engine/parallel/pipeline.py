@@ -434,6 +434,12 @@ class Pipeline:
                     return
                 hung = isinstance(exc, TimeoutError) or "imeout" in str(exc)
                 what = "timed out" if hung else f"failed ({exc})"
+                # a killed stage resets its sockets as it dies: name the dead process, as
+                # the process watcher would a moment later, rather than the socket error
+                exited = None if hung else self._exited_stage(wait_s=1.0)
+                if exited is not None:
+                    self.fail(exited)
+                    return
                 self.fail(
                     PipelineError(
                         f"waiting for {self.describe_stage(last)} {what} "
@@ -456,14 +462,22 @@ class Pipeline:
             if item.kind == Op.SHUTDOWN:
                 return
 
-    def _watch_processes(self) -> None:
+    def _exited_stage(self, wait_s: float | None) -> PipelineError | None:
+        """The error naming a stage process that has exited (waiting up to wait_s for one;
+        None waits for ever), or None."""
         sentinels = {p.sentinel: (i + 1, p) for i, p in enumerate(self.processes)}
-        ready = multiprocessing.connection.wait(list(sentinels))
-        if self._closing:
-            return
+        ready = multiprocessing.connection.wait(list(sentinels), timeout=wait_s)
+        if not ready:
+            return None
         stage, proc = sentinels[ready[0]]  # type: ignore[index]
         proc.join(timeout=1)
-        self.fail(PipelineError(f"{self.describe_stage(stage)} exited (exit code {proc.exitcode})"))
+        return PipelineError(f"{self.describe_stage(stage)} exited (exit code {proc.exitcode})")
+
+    def _watch_processes(self) -> None:
+        error = self._exited_stage(wait_s=None)
+        if self._closing or error is None:
+            return
+        self.fail(error)
 
     def fail(self, error: PipelineError) -> None:
         with self._lock:
