@@ -59,7 +59,15 @@ from engine.metrics import (
     trend_ms_per_1000,
 )
 from engine.schedule import FlowSchedule
-from models.resolve import DTYPES, VAE_TEMPORAL, ModelOptions, build_generator, parse_steps, resolve
+from models.resolve import (
+    DTYPES,
+    GENERIC_DEFAULTS,
+    VAE_TEMPORAL,
+    ModelOptions,
+    build_generator,
+    parse_steps,
+    resolve,
+)
 from models.wan.config import PRESETS
 from models.wan.model import CausalWanModel
 
@@ -96,13 +104,16 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="weights, prompt embedding and noise")
     s = parser.add_argument_group("stream")
     s.add_argument("--latent-hw", type=int, nargs=2, default=[16, 16], metavar=("H", "W"))
-    s.add_argument("--block-frames", type=int, default=3, help="latent frames per block")
+    d = GENERIC_DEFAULTS
     s.add_argument(
-        "--steps", type=parse_steps, default=parse_steps("1000,750,500,250"), help="denoising steps"
+        "--block-frames", type=int, default=d["block_frames"], help="latent frames per block"
     )
-    s.add_argument("--shift", type=float, default=5.0, help="flow-matching timestep shift")
-    s.add_argument("--sinks", type=int, default=3, help="sink frames kept forever")
-    s.add_argument("--window", type=int, default=12, help="most recent frames kept")
+    s.add_argument(
+        "--steps", type=parse_steps, default=d["steps"], help="denoising steps"
+    )
+    s.add_argument("--shift", type=float, default=d["shift"], help="flow-matching timestep shift")
+    s.add_argument("--sinks", type=int, default=d["sinks"], help="sink frames kept forever")
+    s.add_argument("--window", type=int, default=d["window"], help="most recent frames kept")
     b = parser.add_argument_group("benchmark")
     b.add_argument("--blocks", type=int, default=2000, help="blocks to stream with the KV cache")
     b.add_argument(

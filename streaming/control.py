@@ -20,11 +20,12 @@ Usage::
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, get_args
+
+from engine.schedule import FlowSchedule
 
 PROTOCOL_VERSION: Final = 1
 MAX_CONTROL_BYTES: Final = 64 * 1024  # one control message, UTF-8 encoded
@@ -365,10 +366,10 @@ def _steps(value: object) -> tuple[int, ...]:
                 f'"steps" as a list must have 1 to {MAX_STEPS} timesteps, got {len(value)}',
             )
         steps = tuple(_int(v, "steps[]", 1, 1000) for v in value)
-        if any(a <= b for a, b in itertools.pairwise(steps)):
-            raise ControlError(
-                BAD_VALUE, f'"steps" timesteps must strictly decrease, got {list(steps)}'
-            )
+        try:
+            FlowSchedule(steps=steps)  # the one place a step list is validated
+        except ValueError as e:
+            raise ControlError(BAD_VALUE, f'"steps": {e}') from None
         return steps
     # A number: how many denoising steps, spaced evenly from 1000.
     return even_steps(_int(value, "steps", 1, MAX_STEPS))

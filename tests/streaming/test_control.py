@@ -99,7 +99,7 @@ def test_start_steps_and_resolution_forms() -> None:
         ('{"type": "start", "seed": true}', c.BAD_VALUE, "integer"),
         ('{"type": "start", "steps": 0}', c.BAD_VALUE, '"steps"'),
         ('{"type": "start", "steps": 500}', c.BAD_VALUE, '"steps"'),
-        ('{"type": "start", "steps": [500, 750]}', c.BAD_VALUE, "decrease"),
+        ('{"type": "start", "steps": [500, 750]}', c.BAD_VALUE, "descending"),
         ('{"type": "start", "steps": [1001]}', c.BAD_VALUE, "steps"),
         ('{"type": "start", "steps": []}', c.BAD_VALUE, "steps"),
         ('{"type": "start", "width": 8, "height": 64}', c.BAD_VALUE, '"width"'),
