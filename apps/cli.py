@@ -490,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"framecast: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `framecast info | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
