@@ -289,6 +289,7 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
         self_context=a.self_context,
         shift=a.shift,
         foreground_weight=a.foreground_weight,
+        motion_weight=a.motion_weight,
         head=a.head,
     )
     log.info("training the causal generator: %s", config)
@@ -300,6 +301,35 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
         metrics["loss_final"],
         metrics["wall_s"],
     )
+    return 0
+
+
+def cmd_train_resume(a: argparse.Namespace) -> int:
+    from models.train.job import load_job, run_job, stop_on_signals
+
+    job = load_job(a.job)
+    evaluate = None
+    if job.eval_every and not a.no_eval:
+        from bench.learning_curves import checkpoint_scores
+
+        def evaluate(checkpoint: Path, step: int) -> dict[str, object]:
+            return checkpoint_scores(checkpoint, job.autoencoder, prompts=job.eval_prompts)
+
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    log.info("training job %s: %s", a.job, job.recipe)
+    with stop_on_signals() as stop:
+        state = run_job(
+            job,
+            minutes=a.minutes,
+            max_steps=a.max_steps,
+            progress=_progress,
+            evaluate=evaluate,
+            stop=stop,
+        )
+    log.info("job %s stopped at step %d; commit %s", a.job, state["step"], job.checkpoint)
     return 0
 
 
@@ -377,6 +407,12 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
         help="extra loss weight on object latents (0: plain MSE)",
     )
     tg.add_argument(
+        "--motion-weight",
+        type=float,
+        default=dg.motion_weight,
+        help="extra loss weight on latents that changed since the previous frame",
+    )
+    tg.add_argument(
         "--context-sigma-max",
         type=float,
         default=dg.context_sigma_max,
@@ -384,9 +420,32 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
     )
     tg.set_defaults(func=cmd_train_generator)
 
+    from models.train.job import DEFAULT_JOB
+
+    tr = targets.add_parser(
+        "resume",
+        help="go on with the current training job from its committed checkpoint",
+        description="Resume a training job (job.json + checkpoint/) where it stopped and train "
+        "until SIGTERM/Ctrl-C, --minutes or --max-steps; it saves on the way out. Run it in "
+        "the background at low priority: nice -n 19 framecast train resume &",
+    )
+    tr.add_argument("--job", type=Path, default=DEFAULT_JOB, help="the job's folder")
+    tr.add_argument("--minutes", type=float, help="stop after this much wall time")
+    tr.add_argument("--max-steps", type=int, help="stop at this global step")
+    tr.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    tr.add_argument(
+        "--no-eval", action="store_true", help="skip the job's periodic held-out evaluation"
+    )
+    tr.set_defaults(func=cmd_train_resume)
+
     tb = targets.add_parser("bundle", help="assemble trained weights into an embedded bundle")
     tb.add_argument("--autoencoder", type=Path, default=Path("out/taehv"))
-    tb.add_argument("--generator", type=Path, default=Path("out/generator"))
+    tb.add_argument(
+        "--generator",
+        type=Path,
+        default=Path("out/generator"),
+        help="a `train generator` --out folder or a job's checkpoint folder",
+    )
     tb.add_argument("--out", type=Path, default=Path("models/weights/world"))
     tb.set_defaults(func=cmd_train_bundle)
 

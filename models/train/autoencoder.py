@@ -285,8 +285,20 @@ def save_autoencoder(
 
 
 def load_autoencoder(out: Path, device: str = "cpu") -> tuple[TinyVideoEncoder, TinyVideoDecoder]:
-    """Fresh modules with the weights saved by ``train_autoencoder`` (strict), in eval mode."""
-    sidecar = json.loads((out / SIDECAR_FILE).read_text())
+    """Fresh modules with the weights saved by ``train_autoencoder`` (strict), in eval mode.
+
+    ``out`` is a training run's folder or a shipped bundle (models/weights/world),
+    whose ``bundle.json`` holds the same ``taehv`` config.
+    """
+    sidecar_path = out / SIDECAR_FILE
+    if not sidecar_path.exists() and (out / "bundle.json").exists():
+        sidecar_path = out / "bundle.json"
+    if not sidecar_path.exists():
+        raise FileNotFoundError(
+            f"{out} holds no autoencoder: expected {SIDECAR_FILE} (a `framecast train decoder`"
+            " run) or bundle.json (a shipped bundle such as models/weights/world)"
+        )
+    sidecar = json.loads(sidecar_path.read_text())
     fields: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in sidecar["taehv"].items()
     }

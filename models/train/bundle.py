@@ -15,7 +15,7 @@ from typing import Any
 
 from models.embedded import BUNDLE_FILE
 from models.train.autoencoder import DECODER_FILE, ENCODER_FILE, SIDECAR_FILE
-from models.train.generator import GENERATOR_EMA_FILE, GENERATOR_SIDECAR
+from models.train.generator import CHECKPOINT_STATE, GENERATOR_EMA_FILE, GENERATOR_SIDECAR
 
 SINKS = 1  # attention-sink latent frames of the embedded default
 
@@ -43,10 +43,24 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _record(folder: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    for name in names:
+        if (folder / name).is_file():
+            record: dict[str, Any] = json.loads((folder / name).read_text())
+            return record
+    raise FileNotFoundError(f"{folder} has none of {', '.join(names)}")
+
+
 def write_bundle(autoencoder: Path, generator: Path, out: Path) -> dict[str, Any]:
-    """Copy the weights into ``out`` and write its ``bundle.json``; returns that JSON."""
-    ae = json.loads((autoencoder / SIDECAR_FILE).read_text())
-    gen = json.loads((generator / GENERATOR_SIDECAR).read_text())
+    """Copy the weights into ``out`` and write its ``bundle.json``; returns that JSON.
+
+    ``autoencoder``: a `train decoder` run or a bundle (its decoder and encoder are
+    reused). ``generator``: a `train generator` run or a job's checkpoint folder.
+    """
+    ae = _record(autoencoder, (SIDECAR_FILE, BUNDLE_FILE))
+    gen = _record(generator, (GENERATOR_SIDECAR, CHECKPOINT_STATE))
+    if "taehv" not in ae or "wan" not in gen:
+        raise ValueError(f"{autoencoder} or {generator} is not a training run or bundle")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(autoencoder / DECODER_FILE, out / "decoder.safetensors")
     shutil.copyfile(autoencoder / ENCODER_FILE, out / "encoder.safetensors")
@@ -60,7 +74,7 @@ def write_bundle(autoencoder: Path, generator: Path, out: Path) -> dict[str, Any
         "latent_std": gen["latent_std"],
         "defaults": stream_defaults(gen["config"], size),
         "training": {
-            "autoencoder": _summary(ae),
+            "autoencoder": _summary(ae.get("training", {}).get("autoencoder", ae)),
             "generator": _summary(gen),
             "latent_set": gen["latent_set"],
         },

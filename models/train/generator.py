@@ -29,9 +29,11 @@ weights, batch sampler and noise). Weights are saved with an EMA copy.
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ from models.wan.model import CausalWanModel
 GENERATOR_FILE = "generator.safetensors"
 GENERATOR_EMA_FILE = "generator_ema.safetensors"
 GENERATOR_SIDECAR = "generator.json"
+CHECKPOINT_STATE = "state.json"  # a resumable checkpoint's step, RNG states and curves
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class GeneratorTrainConfig:
 
     data: Path = Path("out/world-latents.pt")
     preset: str = "tiny"
+    # Override the preset's pooled prompt in adaLN (None: as the preset has it); for ablations.
+    prompt_modulation: bool | None = None
     steps: int = 3000
     batch: int = 8
     frames: int = 6  # latent frames per training clip (>= sinks + window + block)
@@ -82,6 +87,9 @@ class GeneratorTrainConfig:
     # Extra loss weight on latent pixels that differ from their frame's background
     # (see `foreground_weights`): objects cover a tenth of a frame but carry the prompt.
     foreground_weight: float = 0.0
+    # Extra loss weight on latent pixels that changed since the previous frame (where
+    # an object left and where it arrived): copying the last frame stops being cheap.
+    motion_weight: float = 0.0
     seed: int = 0
     log_every: int = 50
     save_every: int = 250  # steps between snapshots of the weights in ``out`` (stop any time)
@@ -206,8 +214,8 @@ def teacher_forcing_loss(
         block_frames=config.block_frames,
     )
     err = (flow - (noise - x0)).pow(2).mean(dim=2)  # [B, F, h, w]
-    if config.foreground_weight > 0:
-        w = foreground_weights(x0, config.foreground_weight)
+    if config.foreground_weight > 0 or config.motion_weight > 0:
+        w = loss_weights(x0, config.foreground_weight, config.motion_weight)
         err = (err * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
     else:
         err = err.mean(dim=(2, 3))  # [B, F]
@@ -229,6 +237,25 @@ def foreground_weights(x0: Tensor, weight: float) -> Tensor:
     median = x0.flatten(3).median(dim=3).values[..., None, None]
     far = (x0 - median).pow(2).mean(dim=2) > FOREGROUND_THRESHOLD
     return 1.0 + weight * far.float()
+
+
+MOTION_THRESHOLD = 0.5  # mean squared change (in std units) since the previous frame
+
+
+def motion_mask(x0: Tensor) -> Tensor:
+    """[B, F, C, h, w] clean latents -> [B, F, h, w] 1 where a latent pixel changed
+    since the previous frame (frame 0 has no previous frame: all 0)."""
+    moved = (x0[:, 1:] - x0[:, :-1]).pow(2).mean(dim=2) > MOTION_THRESHOLD
+    return torch.cat([torch.zeros_like(moved[:, :1]), moved], dim=1).float()
+
+
+def loss_weights(x0: Tensor, foreground: float, motion: float) -> Tensor:
+    """[B, F, h, w] per-pixel loss weights: 1, plus ``foreground`` on objects, plus
+    ``motion`` where the frame changed (see foreground_weights and motion_mask)."""
+    w = foreground_weights(x0, foreground) if foreground > 0 else torch.ones_like(x0[:, :, 0])
+    if motion > 0:
+        w = w + motion * motion_mask(x0)
+    return w
 
 
 @torch.no_grad()
@@ -266,64 +293,188 @@ def _self_context(
     return torch.where(use[:, None, None, None, None], estimate, clean)
 
 
+class GeneratorTrainer:
+    """The state of one generator run: weights, EMA, optimiser, batch sampler and RNGs.
+
+    ``step()`` trains one batch. ``save_checkpoint``/``load_checkpoint`` keep what
+    a run needs to go on in another process or on another machine (see
+    models/train/job.py): fp16 weights and EMA, the step, the sampler's and the
+    noise generator's RNG states, the loss curve and the wall time so far. The
+    optimiser is not kept (a warm restart: ``rewarm`` steps of linear warmup after
+    a resume), which keeps a checkpoint small enough to commit.
+    """
+
+    def __init__(self, config: GeneratorTrainConfig, *, total_steps: int | None = None) -> None:
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.config = config
+        self.total_steps = total_steps or config.steps  # the learning-rate schedule's horizon
+        self.device = torch.device(config.device)
+        self.data = load_latent_set(config.data)
+        self.sampler = ClipSampler(self.data, config)
+        wan = preset(config.preset)
+        # the data decides the input widths: latent channels and prompt embedding shape
+        channels = self.data["latents"].shape[2]
+        text_len, text_dim = self.data["embeds"].shape[1:]
+        wan = dataclasses.replace(
+            wan, in_dim=channels, out_dim=channels, text_dim=text_dim, text_len=text_len
+        )
+        if config.prompt_modulation is not None:
+            wan = dataclasses.replace(wan, prompt_modulation=config.prompt_modulation)
+        model = CausalWanModel(wan).init_weights(config.seed, zero_head=True)
+        self.model = model.to(self.device).train()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if config.init is not None:
+            for module, name in ((self.model, GENERATOR_FILE), (self.ema, GENERATOR_EMA_FILE)):
+                state = load_file(str(config.init / name), device=str(self.device))
+                module.load_state_dict({k: v.float() for k, v in state.items()})
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        schedule = FlowSchedule(steps=config.sample_steps, shift=config.shift)
+        self.levels = torch.tensor(schedule.sigmas, device=self.device)
+        self.gen = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.step_count = 0
+        self.resumed_at = 0  # the step a warm restart began at (re-warmup from there)
+        self.rewarm = 0
+        self.curve: list[list[float]] = []  # [step, mean loss since the last point]
+        self.wall_before = 0.0  # seconds trained by earlier processes of this run
+        self._window = torch.zeros((), device=self.device)
+        self._window_start = 0
+        self._t0 = time.perf_counter()
+
+    @property
+    def wall_s(self) -> float:
+        return self.wall_before + time.perf_counter() - self._t0
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (spent on evaluation, say) out of the run's wall time."""
+        self._t0 += seconds
+
+    def lr(self) -> float:
+        c = self.config
+        scale = lr_scale(min(self.step_count, self.total_steps - 1), self.total_steps, c.warmup)
+        if self.rewarm and self.step_count - self.resumed_at < self.rewarm:
+            scale *= (self.step_count - self.resumed_at + 1) / self.rewarm
+        return c.lr * scale
+
+    def step(self) -> Progress | None:
+        """One optimiser step; a Progress report every ``log_every`` steps, else None."""
+        c = self.config
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr()
+        batch = self.sampler()
+        batch = Batch(*(t.to(self.device) for t in (batch.latents, batch.context, batch.loss_mask)))
+        loss = teacher_forcing_loss(self.model, batch, c, self.levels, self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            decay = min(c.ema, (1 + self.step_count) / (10 + self.step_count))
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        self._window += loss.detach()
+        self.step_count += 1
+        done = self.step_count
+        if done % c.log_every:
+            return None
+        mean = float(self._window) / (done - self._window_start)
+        self._window.zero_()
+        self._window_start = done
+        self.curve.append([done, mean])
+        rate = (done - self.resumed_at) / max(1e-9, time.perf_counter() - self._t0)
+        target = max(self.total_steps, done)
+        return Progress(done, target, mean, rate, (target - done) / rate)
+
+    def flush_report(self) -> Progress | None:
+        """The report for steps since the last one (the end of a run between log points)."""
+        done = self.step_count
+        if done == self._window_start:
+            return None
+        mean = float(self._window) / (done - self._window_start)
+        self._window.zero_()
+        self._window_start = done
+        self.curve.append([done, mean])
+        rate = (done - self.resumed_at) / max(1e-9, time.perf_counter() - self._t0)
+        target = max(self.total_steps, done)
+        return Progress(done, target, mean, rate, (target - done) / rate)
+
+    def metrics(self) -> dict[str, Any]:
+        return _metrics(self.curve, self.step_count, self.wall_s)
+
+    def save(self, out: Path) -> None:
+        """Float32 weights and EMA plus the sidecar, as `train generator` writes them."""
+        save_generator(out, self.model, self.ema, self.config, self.data, self.metrics())
+
+    def save_checkpoint(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        """fp16 weights and EMA plus ``state.json``: everything a resume needs but AdamW.
+
+        Written to a temporary folder first and renamed, so a run stopped mid-write
+        keeps its previous checkpoint.
+        """
+        tmp = folder.with_name(folder.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for module, name in ((self.model, GENERATOR_FILE), (self.ema, GENERATOR_EMA_FILE)):
+            state = {
+                k: v.detach().to("cpu", torch.float16).contiguous()
+                for k, v in module.state_dict().items()
+            }
+            save_file(state, str(tmp / name), metadata={"format": "pt"})
+        state = {
+            "step": self.step_count,
+            "wall_s": self.wall_s,
+            "curve": self.curve,
+            "sampler_rng": self.sampler.rng.bit_generator.state,
+            "noise_rng": base64.b64encode(self.gen.get_state().numpy().tobytes()).decode(),
+            "wan": dataclasses.asdict(self.model.config),
+            "latent_mean": self.data["mean"].tolist(),
+            "latent_std": self.data["std"].tolist(),
+            "latent_set": self.data["meta"],
+            **(extra or {}),
+        }
+        (tmp / CHECKPOINT_STATE).write_text(json.dumps(state, indent=1) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+
+    def load_checkpoint(self, folder: Path, rewarm: int = 50) -> dict[str, Any]:
+        """Continue from ``save_checkpoint``'s folder; returns its state.json."""
+        state = json.loads((folder / CHECKPOINT_STATE).read_text())
+        for module, name in ((self.model, GENERATOR_FILE), (self.ema, GENERATOR_EMA_FILE)):
+            path = folder / name
+            if not path.is_file():
+                raise FileNotFoundError(f"checkpoint {folder} has no {name}")
+            weights = load_file(str(path), device=str(self.device))
+            module.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
+        self.step_count = self.resumed_at = self._window_start = int(state["step"])
+        self.rewarm = rewarm
+        self.curve = [list(p) for p in state["curve"]]
+        self.wall_before = float(state["wall_s"])
+        self._t0 = time.perf_counter()
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        raw = np.frombuffer(base64.b64decode(state["noise_rng"]), dtype=np.uint8).copy()
+        self.gen.set_state(torch.from_numpy(raw))
+        return state
+
+
 def train_generator(
     config: GeneratorTrainConfig, progress: Callable[[Progress], None] | None = None
 ) -> dict[str, Any]:
-    """Train from scratch; save weights, EMA weights and a JSON sidecar to ``config.out``."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    device = torch.device(config.device)
-    data = load_latent_set(config.data)
-    sampler = ClipSampler(data, config)
-    wan = preset(config.preset)
-    # the data decides the input widths: latent channels and prompt embedding shape
-    channels, (text_len, text_dim) = data["latents"].shape[2], data["embeds"].shape[1:]
-    wan = dataclasses.replace(
-        wan, in_dim=channels, out_dim=channels, text_dim=text_dim, text_len=text_len
-    )
-    model = CausalWanModel(wan).init_weights(config.seed, zero_head=True).to(device).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    if config.init is not None:
-        for module, name in ((model, GENERATOR_FILE), (ema, GENERATOR_EMA_FILE)):
-            module.load_state_dict(load_file(str(config.init / name), device=str(device)))
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = FlowSchedule(steps=config.sample_steps, shift=config.shift)
-    levels = torch.tensor(schedule.sigmas, device=device)
-    gen = torch.Generator(device=device).manual_seed(config.seed)
-
-    curve: list[list[float]] = []
-    window = torch.zeros((), device=device)
-    window_start = 0
-    t0 = time.perf_counter()
-    for step in range(config.steps):
-        for group in opt.param_groups:
-            group["lr"] = config.lr * lr_scale(step, config.steps, config.warmup)
-        batch = sampler()
-        batch = Batch(*(t.to(device) for t in (batch.latents, batch.context, batch.loss_mask)))
-        loss = teacher_forcing_loss(model, batch, config, levels, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            decay = min(config.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
-        window += loss.detach()
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            mean = float(window) / (done - window_start)
-            window.zero_()
-            window_start = done
-            curve.append([done, mean])
-            rate = done / (time.perf_counter() - t0)
-            if progress is not None:
-                progress(Progress(done, config.steps, mean, rate, (config.steps - done) / rate))
+    """Train from scratch (or from ``config.init``); save weights, EMA and a sidecar to
+    ``config.out`` every ``save_every`` steps and at the end."""
+    trainer = GeneratorTrainer(config)
+    for _ in range(config.steps):
+        report = trainer.step()
+        done = trainer.step_count
+        if report is None and done == config.steps:
+            report = trainer.flush_report()
+        if report is not None and progress is not None:
+            progress(report)
         if config.out is not None and (done % config.save_every == 0 or done == config.steps):
-            metrics = _metrics(curve, done, time.perf_counter() - t0)
-            save_generator(config.out, model, ema, config, data, metrics)
-    return _metrics(curve, config.steps, time.perf_counter() - t0)
+            trainer.save(config.out)
+    return trainer.metrics()
 
 
 def _metrics(curve: list[list[float]], steps: int, wall: float) -> dict[str, Any]:

@@ -13,6 +13,8 @@ so that Self-Forcing / CausVid / LongLive state dicts load with strict keys:
     blocks.N.cross_attn.{q,k,v,o}, .norm_q, .norm_k
     blocks.N.ffn.{0,2}          Linear(dim, ffn_dim), GELU(tanh), Linear(ffn_dim, dim)
     head.modulation [1, 2, dim], head.head Linear(dim, out_dim * prod(patch))
+    prompt_embedding.{0,2}      Linear(text_dim, dim), SiLU, Linear(dim, dim): only when
+                                config.prompt_modulation (embedded models, not in Wan)
 
 Causal changes (as in the reference causal models): timesteps are per frame, so
 modulation is applied per frame; self-attention is block-causal, either with a
@@ -188,6 +190,18 @@ def sinusoidal_embedding(dim: int, t: Tensor) -> Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
+def pooled_prompt(context: Tensor) -> Tensor:
+    """[B, T, D] token embeddings -> [B, D]: the unit-norm mean over real tokens.
+
+    Rows that are all zero are padding (latent sets pad prompts to text_len, the
+    engine passes them unpadded); both give the same vector, which is the sentence
+    encoder's own sentence embedding (mean pooling, normalised).
+    """
+    real = (context.abs().sum(dim=-1, keepdim=True) > 0).to(context.dtype)
+    mean = (context * real).sum(dim=1) / real.sum(dim=1).clamp_min(1.0)
+    return F.normalize(mean.float(), dim=-1)
+
+
 def block_causal_mask(
     frames: int, tokens_per_frame: int, block_frames: int, device: torch.device
 ) -> Tensor:
@@ -287,6 +301,11 @@ class CausalWanModel(nn.Module):
             nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim)
         )
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, c.dim * 6))
+        self.prompt_embedding: nn.Sequential | None = None
+        if c.prompt_modulation:
+            self.prompt_embedding = nn.Sequential(
+                nn.Linear(c.text_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim)
+            )
         self.blocks = nn.ModuleList([WanAttentionBlock(c) for _ in range(c.num_layers)])
         self.head = Head(c)
         self.rope = Rope3D(c.head_dim)
@@ -371,7 +390,7 @@ class CausalWanModel(nn.Module):
             ]
         rows = [r.tokens.shape[0] for r in requests]
         tokens = torch.cat([r.tokens for r in requests])
-        _, e0 = self.embed_time(torch.cat([r.timesteps for r in requests]))
+        e0 = torch.cat([self.embed_modulation(r.timesteps, r.context) for r in requests])
         for r in requests:
             if not r.cross.valid:
                 self.fill_cross_cache(r.context, r.cross, layers)
@@ -452,7 +471,7 @@ class CausalWanModel(nn.Module):
         model's very last block, whose result nobody reads.
         """
         assert cache.geometry.num_layers == len(layers), f"{cache.geometry.num_layers=} {layers=}"
-        _, e0 = self.embed_time(timesteps)
+        e0 = self.embed_modulation(timesteps, context)
         if not cross.valid:
             self.fill_cross_cache(context, cross, layers)
         last = self.config.num_layers - 1
@@ -524,7 +543,8 @@ class CausalWanModel(nn.Module):
         the reference the cached path is tested against). timesteps: [B, F]."""
         frames = x.shape[1]
         tokens, (h, w) = self.embed_video(x)
-        e, e0 = self.embed_time(timesteps)
+        e, _ = self.embed_time(timesteps)
+        e0 = self.embed_modulation(timesteps, context)
         ctx = self.embed_text(context)
         positions = torch.arange(frame_offset, frame_offset + frames, device=x.device)
         cos, sin = self.rope.cos_sin(positions, h, w)
@@ -554,7 +574,9 @@ class CausalWanModel(nn.Module):
         tokens_clean, (h, w) = self.embed_video(clean)
         tokens_noisy, _ = self.embed_video(noisy)
         tokens = torch.cat([tokens_clean, tokens_noisy], dim=1)
-        e, e0 = self.embed_time(torch.cat([clean_timesteps, noisy_timesteps], dim=1))
+        both = torch.cat([clean_timesteps, noisy_timesteps], dim=1)
+        e, _ = self.embed_time(both)
+        e0 = self.embed_modulation(both, context)
         ctx = self.embed_text(context)
         positions = torch.arange(frames, device=noisy.device).repeat(2)
         cos, sin = self.rope.cos_sin(positions, h, w)
@@ -581,6 +603,22 @@ class CausalWanModel(nn.Module):
         e = self.time_embedding(sin_emb.to(self.dtype)).float()
         e0 = self.time_projection(e.to(self.dtype)).float()
         return e.view(b, f, -1), e0.view(b, f, 6, -1)
+
+    def embed_modulation(self, timesteps: Tensor, context: Tensor) -> Tensor:
+        """[B, F] timesteps and [B, T, text_dim] prompt -> the blocks' e0 [B, F, 6, dim].
+
+        Without prompt modulation this is embed_time's e0 (the reference). With it,
+        the pooled prompt's embedding is added to the timestep embedding before the
+        projection; the output head keeps the time-only embedding, so head_out needs
+        no prompt (pipeline stages stay as they are).
+        """
+        if self.prompt_embedding is None:
+            return self.embed_time(timesteps)[1]
+        b, f = timesteps.shape
+        e, _ = self.embed_time(timesteps)
+        p = self.prompt_embedding(pooled_prompt(context).to(self.dtype)).float()  # [B, dim]
+        e = e + p[:, None, :]
+        return self.time_projection(e.to(self.dtype)).float().view(b, f, 6, -1)
 
     def embed_text(self, context: Tensor) -> Tensor:
         """[B, T, text_dim] -> [B, text_len, dim]; zero-padded to text_len as the reference."""
@@ -638,6 +676,12 @@ class CausalWanModel(nn.Module):
         xavier(pw, pw[0].numel(), pw.shape[0])
         assert self.patch_embedding.bias is not None
         nn.init.zeros_(self.patch_embedding.bias)
+        if self.prompt_embedding is not None:
+            # zero-initialised output (adaLN-Zero style): training starts from the
+            # time-only model and grows the prompt's influence
+            out_layer = self.prompt_embedding[2]
+            assert isinstance(out_layer, nn.Linear)
+            nn.init.zeros_(out_layer.weight)
         for seq in (self.text_embedding, self.time_embedding):
             for m in seq.modules():
                 if isinstance(m, nn.Linear):

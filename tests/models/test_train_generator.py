@@ -6,26 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fakes import fake_latent_set
 
 from models.embedded import load_bundle
 from models.resolve import ModelOptions, build_stream
 from models.train.autoencoder import TrainConfig, train_autoencoder
 from models.train.bundle import write_bundle
 from models.train.generator import ClipSampler, GeneratorTrainConfig, train_generator
-
-
-def fake_latent_set(path: Path, clips: int = 6, length: int = 8, hw: int = 4) -> None:
-    g = torch.Generator().manual_seed(0)
-    data = {
-        "latents": torch.randn(clips, length, 16, hw, hw, generator=g).half(),
-        "mean": torch.full((16,), 0.5),
-        "std": torch.full((16,), 2.0),
-        "embeds": torch.randn(5, 32, 384, generator=g).half(),
-        "prompt_index": torch.randint(5, (clips, 2), generator=g),
-        "prompts": [f"p{i}" for i in range(5)],
-        "meta": {"config": {"size": hw * 8}, "wall_s": 0.0},
-    }
-    torch.save(data, path)
 
 
 def test_sampler_is_seeded_and_masks_spliced_frames(tmp_path: Path) -> None:

@@ -304,7 +304,9 @@ def _hand_count(c: WanConfig) -> int:
     ffn = linear(d, f) + linear(f, d)
     block = 2 * attn + norm3 + ffn + 6 * d
     head = linear(d, c.out_dim * patch) + 2 * d
-    return patch_embed + text + time + time_proj + c.num_layers * block + head
+    # ours only: the pooled prompt's projection into the modulation
+    prompt = linear(c.text_dim, d) + linear(d, d) if c.prompt_modulation else 0
+    return patch_embed + text + time + time_proj + c.num_layers * block + head + prompt
 
 
 def test_wan_1_3b_parameter_count() -> None:
