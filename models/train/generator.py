@@ -377,16 +377,7 @@ class GeneratorTrainer:
                 pe.lerp_(pm, 1 - decay)
         self._window += loss.detach()
         self.step_count += 1
-        done = self.step_count
-        if done % c.log_every:
-            return None
-        mean = float(self._window) / (done - self._window_start)
-        self._window.zero_()
-        self._window_start = done
-        self.curve.append([done, mean])
-        rate = (done - self.resumed_at) / max(1e-9, time.perf_counter() - self._t0)
-        target = max(self.total_steps, done)
-        return Progress(done, target, mean, rate, (target - done) / rate)
+        return None if self.step_count % c.log_every else self.flush_report()
 
     def flush_report(self) -> Progress | None:
         """The report for steps since the last one (the end of a run between log points)."""

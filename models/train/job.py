@@ -213,6 +213,9 @@ def run_job(
         if time.perf_counter() - last_save >= 60 * job.save_minutes:
             save()
             last_save = time.perf_counter()
+    report = trainer.flush_report()  # the loss since the last log point joins the curve
+    if report is not None and progress is not None:
+        progress(report)
     final = save()
     if progress is not None:
         progress(
