@@ -178,6 +178,7 @@ def run_job(
         "wall_s": 0.0,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "hardware": hardware(),
+        "autocast": None if trainer.autocast is None else str(trainer.autocast),
     }
     stop = stop or threading.Event()
     t0 = last_save = time.perf_counter()

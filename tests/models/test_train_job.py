@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fakes import fake_latent_set
@@ -168,3 +169,19 @@ def test_cli_resume_saves_on_sigterm(tmp_path: Path) -> None:
     assert proc2.returncode == 0, proc2.stderr
     assert f"resumed {job.folder} at step {state['step']}" in proc2.stderr
     assert json.loads((job.checkpoint / "state.json").read_text())["step"] == state["step"] + 2
+
+
+def test_bf16_autocast_trains_and_keeps_float32_weights(tmp_path: Path) -> None:
+    fake_latent_set(tmp_path / "lat.pt")
+    with pytest.raises(ValueError, match="autocast"):
+        _config(tmp_path / "lat.pt", autocast="fp8")
+    trainer = GeneratorTrainer(_config(tmp_path / "lat.pt", autocast="bf16", lr=3e-3))
+    assert trainer.autocast == torch.bfloat16
+    for _ in range(20):
+        trainer.step()
+    losses = [loss for _, loss in trainer.curve]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    # "auto" decides by measuring this machine; either answer is valid, never an error
+    auto = GeneratorTrainer(_config(tmp_path / "lat.pt", autocast="auto")).autocast
+    assert auto in (None, torch.bfloat16)
