@@ -23,6 +23,18 @@ class VideoFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class PhonemeMark:
+    """A phoneme heard in an AudioChunk, for lips that follow the voice (avatars, captions).
+
+    start/end count the chunk's time_base from the stream's start, like its pts.
+    """
+
+    phoneme: str  # IPA, as the voice's phonemiser wrote it
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
 class AudioChunk:
     """Mono or interleaved PCM. samples: float32 [N, channels] in [-1, 1]."""
 
@@ -30,6 +42,12 @@ class AudioChunk:
     sample_rate: int  # Hz
     pts: int  # in samples
     time_base: Fraction
+    marks: tuple[PhonemeMark, ...] = ()  # phonemes that start within this chunk
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return len(self.samples) / self.sample_rate
 
     @property
     def time(self) -> float:
