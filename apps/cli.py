@@ -1,4 +1,4 @@
-"""`framecast` command line: generate, serve, bench, eval, info, train."""
+"""`framecast` command line: generate, speak, serve, bench, eval, info, train."""
 
 from __future__ import annotations
 
@@ -69,6 +69,77 @@ def cmd_generate(a: argparse.Namespace) -> int:
         fps,
         time.perf_counter() - t0,
         s.time_to_first_frame or 0,
+    )
+    return 0
+
+
+def add_speak_arguments(p: argparse.ArgumentParser) -> None:
+    from models.audio.tts import SpeechConfig
+
+    d = SpeechConfig()
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="what to say")
+    src.add_argument(
+        "--stdin", action="store_true", help="read text from stdin as it arrives (a pipe)"
+    )
+    p.add_argument("--out", type=Path, default=Path("out/speech.wav"), help="WAV file to write")
+    p.add_argument("--marks", type=Path, help="also write the phoneme timings as JSON")
+    p.add_argument("--voice", type=Path, help="a Piper .onnx voice (default: the packaged en_US)")
+    p.add_argument("--length-scale", type=float, help="> 1 speaks slower (default: the voice's)")
+    p.add_argument("--first-window", type=int, default=d.first_window, help="decoder frames")
+    p.add_argument("--window", type=int, default=d.window, help="largest decoder window, frames")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+
+
+def cmd_speak(a: argparse.Namespace) -> int:
+    import json
+    import wave
+
+    import numpy as np
+
+    from engine.audio import AudioStream
+    from models.audio.tts import PiperSpeech, SpeechConfig
+
+    config = SpeechConfig(
+        first_window=a.first_window, window=a.window, length_scale=a.length_scale
+    )
+    speech = PiperSpeech.load(a.voice, config=config, threads=a.threads)
+    stream = AudioStream(speech)
+    chunks = []
+    pieces = iter(sys.stdin.readline, "") if a.stdin else [a.text]
+    for piece in pieces:
+        stream.feed_text(piece)
+        while (chunk := stream.next_chunk()) is not None:
+            chunks.append(chunk)
+    stream.end_input()
+    while (chunk := stream.next_chunk()) is not None:
+        chunks.append(chunk)
+    if not chunks:
+        raise ValueError("nothing to say: the text has no words")
+    start = chunks[0].pts
+    audio = np.concatenate([c.samples[:, 0] for c in chunks])
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(a.out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(speech.sample_rate)
+        w.writeframes(pcm.tobytes())
+    if a.marks is not None:
+        marks = [
+            {"phoneme": m.phoneme, "start_s": (m.start - start) / speech.sample_rate,
+             "end_s": (m.end - start) / speech.sample_rate}
+            for c in chunks
+            for m in c.marks
+        ]  # fmt: skip
+        a.marks.write_text(json.dumps(marks, indent=1) + "\n")
+    s = stream.stats
+    log.info(
+        "wrote %s: %.2f s of speech, first audio %.0f ms, real-time factor %.3f",
+        a.out,
+        len(audio) / speech.sample_rate,
+        (s.first_audio_history[0] if s.first_audio_history else 0) * 1000,
+        s.real_time_factor or 0,
     )
     return 0
 
@@ -513,6 +584,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_e2e_arguments(e)
     e.set_defaults(func=e2e_command)
     add_bench_pipeline(sub)
+
+    from bench.tts import add_tts_bench_arguments, tts_bench_command
+
+    bt = sub.add_parser(
+        "bench-tts", help="streaming TTS: first audio, real-time factor, underruns, WER (JSON)"
+    )
+    add_tts_bench_arguments(bt)
+    bt.set_defaults(func=tts_bench_command)
+
+    sp = sub.add_parser("speak", help="text to speech with the streaming Piper voice (WAV)")
+    add_speak_arguments(sp)
+    sp.set_defaults(func=cmd_speak)
 
     ev = sub.add_parser(
         "eval", help="prompt adherence, drift and switch response on held-out prompts (JSON)"

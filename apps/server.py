@@ -66,6 +66,7 @@ from streaming.session import (
     SessionBusy,
     SessionConfig,
     SessionManager,
+    SpeechFactory,
     StreamFactory,
 )
 from streaming.websocket import WebSocketConfig, WebSocketEndpoint, token_matches
@@ -97,6 +98,10 @@ class ServerConfig:
     ws: WebSocketConfig = field(default_factory=WebSocketConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     record: Path | None = None  # MP4 of the first session
+    # the sessions' voice: "auto" (the packaged Piper voice when framecast[tts] is installed),
+    # "default" (that voice, or an error naming what to install), "none", or a Piper .onnx path
+    voice: str = "auto"
+    voice_threads: int = 2  # ONNX Runtime threads of the voice
 
     def __post_init__(self) -> None:
         for name in ("port", "ws_port"):
@@ -467,12 +472,49 @@ class ServerHandle:
         log.info("server stopped")
 
 
-async def start_server(config: ServerConfig, factory: StreamFactory) -> ServerHandle:
-    """Bind both ports and serve; returns once listening (port 0 -> free ports)."""
+def load_voice(voice: str, threads: int) -> SpeechFactory | None:
+    """A speech factory for ``ServerConfig.voice`` (one voice shared by every session)."""
+    if voice == "none":
+        return None
+    from models.audio.phonemes import EspeakPhonemizer
+    from models.audio.piper import PiperVoice
+    from models.audio.tts import PiperSpeech
+
+    try:
+        loaded = PiperVoice.load(
+            None if voice in ("auto", "default") else Path(voice), threads=threads
+        )
+        phonemizer = EspeakPhonemizer(loaded.config.espeak_voice)
+    except ImportError as e:
+        if voice != "auto":
+            raise RuntimeError(f"cannot load the voice: {e}") from None
+        log.warning("sessions have no voice (say/cancel answer no_audio): %s", e)
+        return None
+    log.info("voice: %s (%s)", loaded.path.name, ", ".join(loaded.providers))
+
+    def factory(params: StartParams) -> PiperSpeech:
+        return PiperSpeech(loaded, phonemizer)
+
+    return factory
+
+
+async def start_server(
+    config: ServerConfig, factory: StreamFactory, speech: SpeechFactory | None = None
+) -> ServerHandle:
+    """Bind both ports and serve; returns once listening (port 0 -> free ports).
+
+    ``speech`` gives every session a voice (see ``load_voice``); None: video only.
+    """
     defaults = config.defaults
     if isinstance(factory, SharedStreamFactory):  # show the model's own defaults in /config
         defaults = defaults.merged(factory.defaults)
-    manager = SessionManager(factory, config.max_sessions, defaults=defaults, config=config.session)
+    manager = SessionManager(
+        factory,
+        config.max_sessions,
+        defaults=defaults,
+        config=config.session,
+        speech_factory=speech,
+    )
     recorder = None
     if config.record is not None:
         recorder = FirstSessionRecorder(config.record)
@@ -573,7 +615,12 @@ def run_server(
         log.info("loading %s ...", opts.model or "the default model")
         factory = await asyncio.to_thread(SharedStreamFactory, opts, pipeline)
         try:
-            handle = await start_server(config, factory)
+            speech = await asyncio.to_thread(load_voice, config.voice, config.voice_threads)
+        except Exception:
+            factory.close()
+            raise
+        try:
+            handle = await start_server(config, factory, speech)
         except OSError as e:  # port in use, address not on this machine, ...
             factory.close()
             raise RuntimeError(f"cannot listen on {config.host}:{config.port}: {e}") from None
@@ -623,6 +670,21 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--ice-server", action="append", default=[], help="stun:/turn: URL (repeatable)")
     p.add_argument("--record", type=Path, help="record the first session to this MP4")
+    p.add_argument(
+        "--voice",
+        default=d.voice,
+        help="the sessions' voice for say/cancel: auto (the packaged Piper voice if "
+        "framecast[tts] is installed), default (that voice or an error), none, or a Piper .onnx",
+    )
+    p.add_argument(
+        "--voice-threads", type=int, default=d.voice_threads, help="ONNX Runtime threads"
+    )
+    p.add_argument(
+        "--ws-audio-codec",
+        choices=["pcm16", "opus"],
+        default=w.audio_codec,
+        help="WebSocket audio payload",
+    )
     p.add_argument("--web-root", type=Path, default=d.web_root, help="static files of the page")
     g = p.add_argument_group("pipeline parallelism (docs/parallel.md)")
     g.add_argument(
@@ -692,8 +754,10 @@ def serve_command(a: argparse.Namespace) -> int:
         bitrate=a.bitrate,
         ice_loopback=a.ice_loopback,
         ice_servers=tuple(a.ice_server),
-        ws=WebSocketConfig(codec=a.ws_codec),
+        ws=WebSocketConfig(codec=a.ws_codec, audio_codec=a.ws_audio_codec),
         record=a.record,
+        voice=a.voice,
+        voice_threads=a.voice_threads,
     )
     opts, pipeline = model_options(a), pipeline_config(a)
     if pipeline is not None and int(os.environ.get("RANK", "0")) > 0:

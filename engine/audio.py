@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+import av
 import numpy as np
 
 from engine.media import AudioChunk, PhonemeMark
@@ -189,3 +190,104 @@ class AudioStream:
         with self._lock:
             if self._input_since is None and not self._speaking:
                 self._input_since = self.clock()
+
+
+class AudioFramer:
+    """AudioChunks of any rate and length -> fixed frames at one rate, on the chunks' timeline.
+
+    Transports send audio in fixed frames (Opus and WebRTC: 20 ms at 48 kHz).
+    Chunks are resampled with PyAV (one resampler per run of contiguous audio,
+    so there are no seams between chunks) and placed at their pts: a chunk that
+    starts more than a frame after the held audio ends starts a new run after
+    silence (the resampler's delay and pts rounding stay well under a frame);
+    one that starts earlier follows on without overlapping.
+
+    Usage::
+
+        framer = AudioFramer(rate=48_000, frame_samples=960)
+        framer.push(chunk)
+        while (frame := framer.pop()) is not None:   # (float32 [960, channels], pts at 48 kHz)
+            ...
+        framer.end_run()                              # the speech paused: pad and release the tail
+    """
+
+    def __init__(self, rate: int = 48_000, frame_samples: int = 960, channels: int = 1) -> None:
+        if channels not in (1, 2):
+            raise ValueError(f"channels must be 1 or 2, got {channels}")
+        self.rate, self.frame_samples, self.channels = rate, frame_samples, channels
+        self._layout = "mono" if channels == 1 else "stereo"
+        self._held = np.zeros((0, channels), np.float32)
+        self._held_pts = 0  # pts (at rate) of _held[0]
+        self._resampler: Any = None
+        self._source_rate = 0
+
+    @property
+    def end_pts(self) -> int:
+        """Where the audio pushed so far ends, at ``rate``."""
+        return self._held_pts + len(self._held)
+
+    @property
+    def held(self) -> int:
+        """Samples waiting to make a full frame."""
+        return len(self._held)
+
+    def align(self, pts: int) -> None:
+        """When nothing is held, start the next run no earlier than ``pts`` (frames already
+        sent up to there, e.g. silence)."""
+        if not len(self._held) and self._resampler is None:
+            self._held_pts = max(self._held_pts, pts)
+
+    def clear(self) -> None:
+        """Forget everything held (barge-in)."""
+        self._held = self._held[:0]
+        self._resampler = None
+
+    def push(self, chunk: AudioChunk) -> None:
+        samples = np.asarray(chunk.samples, np.float32)
+        if samples.ndim != 2 or samples.shape[1] != self.channels:
+            raise ValueError(f"expected float32 [N, {self.channels}] samples, got {samples.shape}")
+        start = round(chunk.pts * chunk.time_base * self.rate)
+        if (
+            self._resampler is None
+            or start > self.end_pts + self.frame_samples
+            or chunk.sample_rate != self._source_rate
+        ):
+            self.end_run()
+            if len(self._held):  # silence between the held audio and the new run
+                gap = max(0, start - self.end_pts)
+                self._held = np.concatenate(
+                    [self._held, np.zeros((gap, self.channels), np.float32)]
+                )
+            else:
+                self._held_pts = max(start, self._held_pts)
+            self._source_rate = chunk.sample_rate
+            self._resampler = av.AudioResampler(format="flt", layout=self._layout, rate=self.rate)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples.reshape(1, -1)), format="flt", layout=self._layout
+        )
+        frame.sample_rate = chunk.sample_rate
+        self._append(self._resampler.resample(frame))
+
+    def end_run(self) -> None:
+        """Release the resampler's tail and pad the held audio to a whole frame."""
+        if self._resampler is not None:
+            self._append(self._resampler.resample(None))
+            self._resampler = None
+        partial = len(self._held) % self.frame_samples
+        if partial:
+            pad = np.zeros((self.frame_samples - partial, self.channels), np.float32)
+            self._held = np.concatenate([self._held, pad])
+
+    def pop(self) -> tuple[np.ndarray, int] | None:
+        """The next whole frame and its pts, or None until one is held."""
+        if len(self._held) < self.frame_samples:
+            return None
+        frame, self._held = self._held[: self.frame_samples], self._held[self.frame_samples :]
+        pts = self._held_pts
+        self._held_pts += self.frame_samples
+        return frame, pts
+
+    def _append(self, frames: list[Any]) -> None:
+        parts = [f.to_ndarray().reshape(-1, self.channels) for f in frames]
+        if parts:
+            self._held = np.concatenate([self._held, *parts])

@@ -36,8 +36,11 @@ MAX_SEED: Final = 2**63 - 1
 
 SwitchMode: TypeAlias = Literal["recache", "keep", "cut"]
 VideoCodec: TypeAlias = Literal["jpeg", "h264"]  # WebSocket payloads; WebRTC negotiates its own
+AudioCodec: TypeAlias = Literal["pcm16", "opus"]  # WebSocket audio payloads (48 kHz, 20 ms)
 SWITCH_MODES: tuple[str, ...] = get_args(SwitchMode)
 VIDEO_CODECS: tuple[str, ...] = get_args(VideoCodec)
+AUDIO_CODECS: tuple[str, ...] = get_args(AudioCodec)
+MAX_SAY_CHARS: Final = 4000  # one "say" piece; a long text goes in several
 
 # Error codes (the "code" of an error reply). Stable: clients may branch on them.
 TOO_LARGE: Final = "too_large"  # message over MAX_CONTROL_BYTES
@@ -51,6 +54,7 @@ BAD_VALUE: Final = "bad_value"  # wrong type or out of range
 UNSUPPORTED_VERSION: Final = "unsupported_version"
 BAD_MESSAGE: Final = "bad_message"  # e.g. a binary WebSocket message from a client
 NOT_STARTED: Final = "not_started"  # a control message before the session started
+NO_AUDIO: Final = "no_audio"  # "say" or "cancel" to a session without a voice
 BUSY: Final = "busy"  # the server is at its session limit
 CLOSED: Final = "closed"  # the session was stopped or closed
 MODEL_ERROR: Final = "model_error"  # the generator failed; the session is over
@@ -67,6 +71,7 @@ ERROR_CODES: tuple[str, ...] = (
     UNSUPPORTED_VERSION,
     BAD_MESSAGE,
     NOT_STARTED,
+    NO_AUDIO,
     BUSY,
     CLOSED,
     MODEL_ERROR,
@@ -106,6 +111,7 @@ class StartParams:
     width: int | None = None  # video pixels
     height: int | None = None
     codec: VideoCodec | None = None  # WebSocket video payload
+    audio_codec: AudioCodec | None = None  # WebSocket audio payload (sessions with a voice)
 
     def merged(self, defaults: StartParams) -> StartParams:
         """These parameters with every None taken from ``defaults``."""
@@ -151,20 +157,43 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Say:
+    """A piece of text to speak (as a language model streams it); ``final`` ends the utterance,
+    so what the chunker still holds is spoken without waiting for more."""
+
+    text: str
+    final: bool = False
+    id: MessageId = None
+    type: Literal["say"] = "say"
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Barge-in: drop all speech not yet played."""
+
+    id: MessageId = None
+    type: Literal["cancel"] = "cancel"
+
+
+@dataclass(frozen=True)
 class Stats:
     id: MessageId = None
     type: Literal["stats"] = "stats"
 
 
-ControlMessage: TypeAlias = "Start | SwitchPrompt | Pause | Resume | Stop | Stats"
+ControlMessage: TypeAlias = "Start | SwitchPrompt | Pause | Resume | Stop | Say | Cancel | Stats"
 
 COMMON_FIELDS = frozenset({"type", "id", "v"})
 FIELDS: dict[str, frozenset[str]] = {
-    "start": frozenset({"prompt", "seed", "steps", "width", "height", "resolution", "codec"}),
+    "start": frozenset(
+        {"prompt", "seed", "steps", "width", "height", "resolution", "codec", "audio_codec"}
+    ),
     "switch_prompt": frozenset({"prompt", "mode"}),
     "pause": frozenset(),
     "resume": frozenset(),
     "stop": frozenset(),
+    "say": frozenset({"text", "final"}),
+    "cancel": frozenset(),
     "stats": frozenset(),
 }
 MESSAGE_TYPES: tuple[str, ...] = tuple(FIELDS)
@@ -307,6 +336,22 @@ def _build(typ: str, obj: dict[str, Any], msg_id: MessageId) -> ControlMessage:
         return Resume(id=msg_id)
     if typ == "stop":
         return Stop(id=msg_id)
+    if typ == "say":
+        if "text" not in obj:
+            raise ControlError(MISSING_FIELD, '"say" needs a "text" (a string)')
+        text, final = obj["text"], obj.get("final", False)
+        if not isinstance(text, str):
+            raise ControlError(BAD_VALUE, f'"text" must be a string, got {type(text).__name__}')
+        if len(text) > MAX_SAY_CHARS:
+            raise ControlError(
+                BAD_VALUE,
+                f'"text" is {len(text)} characters; send at most {MAX_SAY_CHARS} per "say"',
+            )
+        if not isinstance(final, bool):
+            raise ControlError(BAD_VALUE, f'"final" must be true or false, got {final!r}')
+        return Say(text, final, id=msg_id)
+    if typ == "cancel":
+        return Cancel(id=msg_id)
     assert typ == "stats", typ
     return Stats(id=msg_id)
 
@@ -328,7 +373,12 @@ def _start_params(obj: dict[str, Any]) -> StartParams:
     codec = obj.get("codec")
     if codec is not None and codec not in VIDEO_CODECS:
         raise ControlError(BAD_VALUE, f'"codec" must be one of {list(VIDEO_CODECS)}, got {codec!r}')
-    return StartParams(prompt, seed, steps, width, height, codec)
+    audio_codec = obj.get("audio_codec")
+    if audio_codec is not None and audio_codec not in AUDIO_CODECS:
+        raise ControlError(
+            BAD_VALUE, f'"audio_codec" must be one of {list(AUDIO_CODECS)}, got {audio_codec!r}'
+        )
+    return StartParams(prompt, seed, steps, width, height, codec, audio_codec)
 
 
 def _prompt(value: object) -> str:

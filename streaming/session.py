@@ -46,15 +46,19 @@ from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
 import numpy as np
 
+from engine.audio import AudioGenerator
 from engine.media import AudioChunk, VideoFrame
 from engine.stream import Stream
 from streaming.control import (
     BAD_VALUE,
     CLOSED,
     MODEL_ERROR,
+    NO_AUDIO,
+    Cancel,
     ControlError,
     Pause,
     Resume,
+    Say,
     Start,
     StartParams,
     Stats,
@@ -69,10 +73,12 @@ from streaming.control import (
     stats_reply,
 )
 from streaming.metrics_export import MetricType, PromText
+from streaming.speech import FRAME_RATE, SessionSpeech, SpeechClosed, SpeechConfig
 
 log = logging.getLogger(__name__)
 
 StreamFactory: TypeAlias = Callable[[StartParams], Stream]
+SpeechFactory: TypeAlias = Callable[[StartParams], AudioGenerator]
 SessionState: TypeAlias = Literal["running", "paused", "closed", "failed"]
 T = TypeVar("T")
 
@@ -249,10 +255,12 @@ class LiveSession:
         config: SessionConfig,
         opened_at: float,
         on_close: Callable[[LiveSession], None],
+        speech: SessionSpeech | None = None,
     ) -> None:
         self.id = session_id
         self.params = params
-        self.has_audio = False  # the current generators are video-only
+        self.speech = speech  # the session's voice (text in, audio out), if the server has one
+        self.has_audio = speech is not None
         self.state: SessionState = "running"
         self.error: str | None = None
         self._stream = stream
@@ -332,6 +340,18 @@ class LiveSession:
             "seed": self._stream.config.seed,
             "steps": list(self._stream.config.schedule.steps),
             "codec": self.params.codec,
+            **(
+                {
+                    "audio": {
+                        "sample_rate": FRAME_RATE,
+                        "channels": self.speech.channels,
+                        "codec": self.params.audio_codec,
+                        "voice_sample_rate": self.speech.sample_rate,
+                    }
+                }
+                if self.speech is not None
+                else {}
+            ),
         }
 
     # ---- media ----
@@ -357,8 +377,13 @@ class LiveSession:
         return item
 
     async def next_audio(self) -> AudioChunk:
-        """Audio chunks, for sessions with has_audio (none of the current generators)."""
-        raise SessionClosed(self.id, "has no audio track")
+        """The voice's chunks as they are made (transports pace them: streaming/speech.py)."""
+        if self.speech is None:
+            raise SessionClosed(self.id, "has no audio track")
+        try:
+            return await self.speech.next_chunk()
+        except SpeechClosed:
+            raise SessionClosed(self.id, self._end_reason(), self.error) from None
 
     def add_frame_listener(self, listener: Callable[[VideoFrame], None]) -> None:
         """Call ``listener(frame)`` on the event loop for every released frame (e.g. a recorder).
@@ -405,12 +430,29 @@ class LiveSession:
                 if isinstance(msg, Stop):
                     await self.close("stopped by the client")
                     return ack(msg, state=self.state)
+                if isinstance(msg, Say | Cancel):
+                    return self._speak(msg)
                 assert isinstance(msg, Stats), msg
                 return stats_reply(self.stats(), msg.id)
             except ControlError as e:
                 self._c.control_errors += 1
                 e.msg_id, e.for_type = msg.id, msg.type
                 return e.reply()
+
+    def _speak(self, msg: Say | Cancel) -> dict[str, Any]:
+        if self.speech is None:
+            raise ControlError(
+                NO_AUDIO,
+                f"{msg.type!r} needs a voice and this session has none; start the server with "
+                "one (framecast serve --voice default)",
+            )
+        if isinstance(msg, Cancel):
+            return ack(msg, epoch=self.speech.cancel())
+        try:
+            self.speech.say(msg.text, msg.final)
+        except SpeechClosed as e:
+            raise ControlError(NO_AUDIO, f"{e}; open a new session") from None
+        return ack(msg, chars=len(msg.text), final=msg.final)
 
     def switch_prompt(self, prompt: str, mode: SwitchMode = "recache") -> None:
         """Ask for a new prompt; the engine applies it at its next block."""
@@ -500,6 +542,7 @@ class LiveSession:
             "clock_reanchors": self._clock.reanchors,
             "cache_bytes": self.cache_bytes,
             "uptime": round(now - self._opened_at, 3),
+            **({"audio": self.speech.stats()} if self.speech is not None else {}),
         }
 
     def export(self, out: PromText) -> None:
@@ -555,6 +598,8 @@ class LiveSession:
     async def _close(self, reason: str) -> None:
         self._producer.cancel()  # the producer itself may be waiting in close(): fine
         await asyncio.gather(self._producer, return_exceptions=True)
+        if self.speech is not None:
+            await self.speech.close()
         await self._release_stream()
         self._executor.shutdown(wait=False)
         self._closed.set()
@@ -680,10 +725,14 @@ class SessionManager:
         *,
         defaults: StartParams | None = None,
         config: SessionConfig | None = None,
+        speech_factory: SpeechFactory | None = None,
+        speech_config: SpeechConfig | None = None,
     ) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         self.stream_factory = stream_factory
+        self.speech_factory = speech_factory  # None: sessions have no voice
+        self.speech_config = speech_config or SpeechConfig()
         self.max_sessions = max_sessions
         self.defaults = (defaults or StartParams()).merged(StartParams(prompt=DEFAULT_PROMPT))
         self.config = config or SessionConfig()
@@ -750,6 +799,18 @@ class SessionManager:
         finally:
             self._opening -= 1
         stream.name = f"session-{session_id}"
+        speech = None
+        if self.speech_factory is not None:
+            try:
+                generator = self.speech_factory(params)
+            except Exception as e:
+                await asyncio.get_running_loop().run_in_executor(executor, stream.close)
+                executor.shutdown(wait=False)
+                log.exception("[%s] the voice failed to start", session_id)
+                raise ControlError(MODEL_ERROR, f"the voice failed to start: {e}") from None
+            speech = SessionSpeech(
+                session_id, generator, self.speech_config, start_time=time.monotonic()
+            )
         session = LiveSession(
             session_id,
             stream,
@@ -759,6 +820,7 @@ class SessionManager:
             config=self.config,
             opened_at=opened_at,
             on_close=self._closed,
+            speech=speech,
         )
         self._sessions[session_id] = session
         self.opened_total += 1

@@ -60,6 +60,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from engine.media import AudioChunk, VideoFrame
 from streaming import ice_detect
 from streaming.session import SessionClosed
+from streaming.speech import PacedAudio, SessionSpeech, SpeechClosed
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class LiveMediaSession(Protocol):
     id: str
     fps: int
     has_audio: bool
+    speech: SessionSpeech | None  # a voice: sent by SpeechAudioTrack (else next_audio's chunks)
 
     async def handle_control(self, message: str | bytes | dict[str, Any]) -> dict[str, Any]: ...
 
@@ -403,6 +405,42 @@ class SessionAudioTrack(MediaStreamTrack):
             self._pending = np.concatenate([self._pending, *pieces])
 
 
+class SpeechAudioTrack(MediaStreamTrack):
+    """A session's voice as paced 20 ms Opus-ready frames, silence between utterances.
+
+    PacedAudio releases each frame ``SpeechConfig.lead`` seconds before it is due
+    on the session clock, so the RTP stream is real time without bursts, and a
+    barge-in stops the voice at the browser within about that lead.
+    """
+
+    kind = "audio"
+
+    def __init__(self, speech: SessionSpeech) -> None:
+        super().__init__()
+        self.paced = PacedAudio(speech, silence=True)
+        self._layout = "mono" if speech.channels == 1 else "stereo"
+        self.frames_sent = 0
+
+    async def recv(self) -> av.AudioFrame:
+        try:
+            paced = await self.paced.next_frame()
+        except SpeechClosed:
+            self.stop()
+            raise MediaStreamError("the voice closed") from None
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(paced.samples.reshape(1, -1)), format="s16", layout=self._layout
+        )
+        frame.sample_rate = AUDIO_CLOCK_RATE
+        frame.pts = paced.pts
+        frame.time_base = AUDIO_TIME_BASE
+        self.frames_sent += 1
+        return frame
+
+    def stop(self) -> None:
+        self.paced.close()
+        super().stop()
+
+
 # ---- offers ----
 
 
@@ -462,7 +500,7 @@ class _Peer:
         self.pc, self.session, self.config = pc, session, config
         self._on_closed = on_closed
         self.video = SessionVideoTrack(session, on_end=self.close_soon)
-        self.audio: SessionAudioTrack | None = None
+        self.audio: SessionAudioTrack | SpeechAudioTrack | None = None
         self.video_sender: RTCRtpSender | None = None
         self.encoder: CappedVp8Encoder | CappedH264Encoder | None = None
         self._control: asyncio.Queue[str | bytes] = asyncio.Queue(CONTROL_QUEUE)
@@ -670,7 +708,11 @@ class WebRTCGateway:
             video: RTCRtpTransceiver = pc.addTransceiver(peer.video, direction="sendonly")
             video.setCodecPreferences(_codec_preferences("video", CODEC_MIME[config.codec]))
             if session.has_audio and any(m.kind == "audio" for m in description.media):
-                peer.audio = SessionAudioTrack(session)
+                peer.audio = (
+                    SessionAudioTrack(session)
+                    if session.speech is None
+                    else SpeechAudioTrack(session.speech)
+                )
                 pc.addTransceiver(peer.audio, direction="sendonly")
             pc.on("datachannel", peer.on_datachannel)
             pc.on("connectionstatechange", peer.on_state)

@@ -48,6 +48,7 @@ from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import av
+import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -57,6 +58,7 @@ from streaming.control import (
     BAD_MESSAGE,
     MODEL_ERROR,
     NOT_STARTED,
+    AudioCodec,
     ControlError,
     Start,
     StartParams,
@@ -67,7 +69,16 @@ from streaming.control import (
     parse_control,
 )
 from streaming.session import LiveSession, SessionBusy, SessionClosed, SessionManager
-from streaming.wsproto import VIDEO_STREAM, Flags, MediaHeader, MsgType, PayloadKind, pack
+from streaming.speech import FRAME_RATE, FRAME_TIME_BASE, PacedAudio, SpeechClosed
+from streaming.wsproto import (
+    AUDIO_STREAM,
+    VIDEO_STREAM,
+    Flags,
+    MediaHeader,
+    MsgType,
+    PayloadKind,
+    pack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +92,7 @@ class WebSocketConfig:
     """Limits and media settings of the WebSocket endpoint."""
 
     codec: VideoCodec = "jpeg"  # default video payload; a start message may pick "h264"
+    audio_codec: AudioCodec = "pcm16"  # default audio payload; a start message may pick "opus"
     jpeg_quality: int = 4  # fixed JPEG quantiser, 2 (best) .. 31
     h264_bitrate: int | None = None  # bits/s; None: from the resolution and frame rate
     max_in_flight: int = 2  # frames sent but not yet acknowledged by a pong
@@ -98,6 +110,54 @@ class WebSocketConfig:
             raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
         if self.max_message_bytes < 64 * 1024:
             raise ValueError("max_message_bytes must be at least 64 KiB (one control message)")
+
+
+# ---- audio encoders (20 ms frames at 48 kHz from streaming/speech.PacedAudio) ----
+
+
+class AudioEncoder(Protocol):
+    kind: PayloadKind
+
+    def encode(self, samples: np.ndarray) -> list[bytes]:
+        """Payloads for one int16 [960, channels] frame: zero or more."""
+        ...
+
+
+class Pcm16Encoder:
+    """Raw signed 16-bit little-endian, interleaved: no codec delay, 768 kbit/s stereo."""
+
+    kind = PayloadKind.PCM16
+
+    def encode(self, samples: np.ndarray) -> list[bytes]:
+        return [np.ascontiguousarray(samples, "<i2").tobytes()]
+
+
+class OpusEncoder:
+    """One Opus packet per 20 ms frame (PyAV's libopus); decoders drop its 312-sample pre-skip."""
+
+    kind = PayloadKind.OPUS
+
+    def __init__(self, channels: int, bitrate: int = 32_000) -> None:
+        self._ctx = av.CodecContext.create("libopus", "w")
+        self._ctx.sample_rate = FRAME_RATE
+        self._ctx.layout = "mono" if channels == 1 else "stereo"
+        self._ctx.format = "s16"
+        self._ctx.bit_rate = bitrate
+        self._layout = self._ctx.layout.name
+        self._pts = 0
+
+    def encode(self, samples: np.ndarray) -> list[bytes]:
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples.reshape(1, -1)), format="s16", layout=self._layout
+        )
+        frame.sample_rate = FRAME_RATE
+        frame.pts = self._pts
+        self._pts += len(samples)
+        return [bytes(p) for p in self._ctx.encode(frame)]
+
+
+def make_audio_encoder(codec: AudioCodec, channels: int) -> AudioEncoder:
+    return OpusEncoder(channels) if codec == "opus" else Pcm16Encoder()
 
 
 # ---- video encoders (PyAV; run on the connection's codec thread) ----
@@ -283,22 +343,27 @@ class WebSocketEndpoint:
                 return
             session, start_id = opened
             codec: VideoCodec = session.params.codec or self.config.codec
-            await ws.send(
-                encode_reply(ack(Start(id=start_id), **{**session.describe(), "codec": codec}))
-            )
+            described = {**session.describe(), "codec": codec}
+            audio_codec: AudioCodec = session.params.audio_codec or self.config.audio_codec
+            if "audio" in described:
+                described["audio"] = {**described["audio"], "codec": audio_codec}
+            await ws.send(encode_reply(ack(Start(id=start_id), **described)))
             encoder = make_encoder(codec, self.config)
             sender = asyncio.create_task(self._send_video(ws, session, encoder, codec_pool))
             reader = asyncio.create_task(self._read_controls(ws, session))
+            tasks = {sender, reader}
+            if session.speech is not None:
+                tasks.add(asyncio.create_task(self._send_audio(ws, session, audio_codec)))
             try:
-                done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if sender in done and not reader.done():
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                if reader not in done:
                     # the session ended ("stop" or a model error): let the reader send the
                     # reply to the message that ended it
                     await asyncio.wait({reader}, timeout=1.0)
             finally:
-                for task in (sender, reader):
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(sender, reader, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
                 encoder.close()
             await self._finish(ws, session, done, peer)
         except ConnectionClosed:
@@ -394,6 +459,35 @@ class WebSocketEndpoint:
                 await ws.send(pack(header, payload))
             last_pts = frame.pts
             in_flight.append(await ws.ping())
+
+    async def _send_audio(
+        self, ws: ServerConnection, session: LiveSession, codec: AudioCodec
+    ) -> None:
+        """The session's voice as 20 ms frames, each sent ``lead`` s before it is due."""
+        assert session.speech is not None
+        paced = PacedAudio(session.speech, silence=False)
+        encoder = make_audio_encoder(codec, session.speech.channels)
+        try:
+            while True:
+                frame = await paced.next_frame()
+                for payload in encoder.encode(frame.samples):
+                    flags = Flags.KEY | (Flags.DISCONTINUITY if frame.discontinuity else Flags.NONE)
+                    header = MediaHeader(
+                        msg_type=MsgType.AUDIO,
+                        kind=encoder.kind,
+                        pts=frame.pts,
+                        time_base=FRAME_TIME_BASE,
+                        produced_us=int(time.time() * 1e6),
+                        payload_len=len(payload),
+                        stream_id=AUDIO_STREAM,
+                        flags=flags,
+                        channels=frame.samples.shape[1],
+                    )
+                    await ws.send(pack(header, payload))
+        except SpeechClosed:
+            await session.wait_closed()  # the voice ends with its session
+        finally:
+            paced.close()
 
     async def _read_controls(self, ws: ServerConnection, session: LiveSession) -> None:
         async for message in ws:

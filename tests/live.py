@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from apps.server import ServerConfig, ServerHandle, SharedStreamFactory, start_server
+from streaming.session import SpeechFactory
 
 T = TypeVar("T")
 
@@ -26,9 +27,12 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
 
 
 @contextlib.asynccontextmanager
-async def serving(factory: SharedStreamFactory, **options: Any) -> AsyncIterator[ServerHandle]:
+async def serving(
+    factory: SharedStreamFactory, speech: SpeechFactory | None = None, **options: Any
+) -> AsyncIterator[ServerHandle]:
     """A real server on 127.0.0.1 with free ports, stopped on exit."""
-    handle = await start_server(ServerConfig(host="127.0.0.1", port=0, **options), factory)
+    config = ServerConfig(host="127.0.0.1", port=0, **options)
+    handle = await start_server(config, factory, speech)
     try:
         yield handle
     finally:

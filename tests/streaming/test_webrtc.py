@@ -490,6 +490,7 @@ class WithTone:
     """
 
     has_audio = True
+    speech = None  # the tone comes from next_audio, not a voice
 
     def __init__(self, session: LiveSession) -> None:
         self.session, self.id, self.fps = session, session.id, session.fps

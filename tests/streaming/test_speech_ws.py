@@ -1,0 +1,186 @@
+"""A session's voice over the WebSocket: text pieces in, 20 ms audio frames out, barge-in.
+
+A real server on 127.0.0.1 with the packaged Piper voice, real websockets clients,
+audio decoded from the wire (PCM16, Opus via PyAV) and judged by a real speech
+recogniser. Latency is measured by `framecast bench-tts --transport ws`, not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from live import run, serving
+from test_websocket import Client, client
+
+from apps.server import SharedStreamFactory, load_voice
+from models.audio.asr import SpeechRecognizer, word_error_rate
+from models.resolve import ModelOptions
+from streaming import wsproto
+from streaming.session import SpeechFactory
+from streaming.speech import FRAME_SAMPLES
+from streaming.wsproto import MsgType, PayloadKind
+
+TEXT = (
+    "Please bring a warm coat, because the wind is strong tonight. "
+    "She painted the old fence a bright shade of green."
+)
+
+
+@pytest.fixture(scope="module")
+def factory() -> SharedStreamFactory:
+    return SharedStreamFactory(ModelOptions(model="nano", height=64, width=64, fps=16))
+
+
+@pytest.fixture(scope="module")
+def voice() -> SpeechFactory:
+    speech = load_voice("default", threads=2)
+    assert speech is not None
+    return speech
+
+
+def audio_units(c: Client) -> list[tuple[wsproto.MediaHeader, bytes]]:
+    return [(h, p) for h, p in c.frames if h.msg_type == MsgType.AUDIO]
+
+
+async def say_in_pieces(c: Client, text: str, piece: int = 6) -> None:
+    """Text as a language model streams it: a few characters per message, then final."""
+    for i in range(0, len(text), piece):
+        await c.send({"type": "say", "text": text[i : i + piece]})
+        assert (await c.reply())["for"] == "say"
+    await c.send({"type": "say", "text": "", "final": True})
+    assert (await c.reply())["final"] is True
+
+
+async def collect_until_quiet(c: Client, quiet: float, limit: float) -> None:
+    """Read media until no audio has come for ``quiet`` seconds (at most ``limit``)."""
+    end = time.monotonic() + limit
+    last, count = time.monotonic(), 0
+    while time.monotonic() < end and time.monotonic() - last < quiet:
+        try:
+            await asyncio.wait_for(c._recv_one(), 0.1)
+        except TimeoutError:
+            continue
+        if len(audio_units(c)) > count:
+            count, last = len(audio_units(c)), time.monotonic()
+
+
+def test_say_streams_intelligible_pcm16_frames(
+    factory: SharedStreamFactory, voice: SpeechFactory
+) -> None:
+    async def body() -> tuple[list[tuple[wsproto.MediaHeader, bytes]], int]:
+        async with serving(factory, voice) as server, client(server.ws_url, {}) as c:
+            ack = await c.reply()
+            assert ack["audio"] == {
+                "sample_rate": 48_000,
+                "channels": 1,
+                "codec": "pcm16",
+                "voice_sample_rate": 22_050,
+            }
+            await say_in_pieces(c, TEXT)
+            await collect_until_quiet(c, quiet=1.5, limit=30)
+            await c.send({"type": "stats"})
+            stats = await c.reply()
+            assert stats["audio"]["audio_seconds"] > 4 and stats["audio"]["underruns"] == 0
+            videos = sum(h.msg_type == MsgType.VIDEO for h, _ in c.frames)
+            return audio_units(c), videos
+
+    units, videos = run(body(), timeout=60)
+    assert videos > 10  # the video went on beside the voice
+    headers = [h for h, _ in units]
+    assert {(h.kind, h.channels, h.stream_id, h.time_base) for h in headers} == {
+        (PayloadKind.PCM16, 1, wsproto.AUDIO_STREAM, Fraction(1, 48_000))
+    }
+    assert all(len(p) == FRAME_SAMPLES * 2 for _, p in units)  # 20 ms of int16
+    steps = [b.pts - a.pts for a, b in itertools.pairwise(headers)]
+    assert all(s >= FRAME_SAMPLES for s in steps)  # forward only; gaps only between phrases
+    assert sum(s == FRAME_SAMPLES for s in steps) > 0.8 * len(steps)
+    pcm = np.concatenate([np.frombuffer(p, "<i2") for _, p in units]).astype(np.float32) / 32768
+    heard = SpeechRecognizer().transcribe(pcm, 48_000)
+    assert word_error_rate(TEXT, heard) <= 0.10, heard
+
+
+def test_cancel_stops_the_voice_and_it_speaks_again(
+    factory: SharedStreamFactory, voice: SpeechFactory
+) -> None:
+    async def body() -> tuple[int, list[wsproto.MediaHeader]]:
+        async with serving(factory, voice) as server, client(server.ws_url, {}) as c:
+            await c.reply()
+            await c.send({"type": "say", "text": TEXT * 3, "final": True})
+            await c.reply()
+            while len(audio_units(c)) < 25:  # half a second of speech arrived
+                await c._recv_one()
+            await c.send({"type": "cancel"})
+            ack = await c.reply()
+            assert ack["for"] == "cancel" and ack["epoch"] == 1
+            before = len(audio_units(c))
+            await collect_until_quiet(c, quiet=1.0, limit=10)
+            after_cancel = len(audio_units(c)) - before
+            await c.send({"type": "say", "text": "Yes, I am listening.", "final": True})
+            await c.reply()
+            await collect_until_quiet(c, quiet=1.0, limit=10)
+            return after_cancel, [h for h, _ in audio_units(c)[before + after_cancel :]]
+
+    after_cancel, again = run(body(), timeout=60)
+    # frames already on their way when the cancel came: about the 60 ms lead, never the
+    # seconds of speech still queued
+    assert after_cancel <= 8, after_cancel
+    assert len(again) > 40  # the new utterance, about a second
+    assert again[0].flags & wsproto.Flags.DISCONTINUITY
+
+
+def test_opus_frames_decode(factory: SharedStreamFactory, voice: SpeechFactory) -> None:
+    async def body() -> list[tuple[wsproto.MediaHeader, bytes]]:
+        async with serving(factory, voice) as server, client(
+            server.ws_url, {"audio_codec": "opus"}
+        ) as c:
+            assert (await c.reply())["audio"]["codec"] == "opus"
+            await c.send({"type": "say", "text": "Hello there, how are you?", "final": True})
+            await c.reply()
+            await collect_until_quiet(c, quiet=1.0, limit=15)
+            return audio_units(c)
+
+    units = run(body(), timeout=40)
+    assert units and {h.kind for h, _ in units} == {PayloadKind.OPUS}
+    assert all(len(p) < FRAME_SAMPLES for _, p in units)  # compressed
+    decoder = av.CodecContext.create("libopus", "r")
+    decoded = [f.to_ndarray().reshape(-1) for _, p in units for f in decoder.decode(av.Packet(p))]
+    pcm = np.concatenate(decoded).astype(np.float32)
+    assert len(pcm) >= FRAME_SAMPLES * (len(units) - 1)
+    assert np.sqrt(np.mean(pcm**2)) > 0.01 * np.abs(pcm).max() > 0  # speech, not silence
+
+
+def test_say_errors_name_the_problem_and_the_stream_goes_on(
+    factory: SharedStreamFactory, voice: SpeechFactory
+) -> None:
+    async def body() -> None:
+        async with serving(factory) as server, client(server.ws_url, {}) as c:  # no voice
+            assert "audio" not in await c.reply()
+            await c.send({"type": "say", "text": "hello"})
+            reply = await c.reply()
+            assert reply["code"] == "no_audio" and "--voice" in reply["message"]
+            await c.media(4)  # video carries on
+        async with serving(factory, voice) as server, client(server.ws_url, {}) as c:
+            await c.reply()
+            for bad, code in [
+                ({"type": "say"}, "missing_field"),
+                ({"type": "say", "text": 5}, "bad_value"),
+                ({"type": "say", "text": "x" * 5000}, "bad_value"),
+                ({"type": "say", "text": "hi", "final": "yes"}, "bad_value"),
+                ({"type": "cancel", "now": True}, "unknown_field"),
+                ({"type": "start", "audio_codec": "mp3"}, "bad_value"),
+            ]:
+                await c.send(bad)
+                reply = await c.reply()
+                assert reply["type"] == "error" and reply["code"] == code, (bad, reply)
+            await c.send({"type": "say", "text": "Still here, and still talking.", "final": True})
+            await c.reply()
+            await collect_until_quiet(c, quiet=1.0, limit=15)
+            assert len(audio_units(c)) > 20
+
+    run(body(), timeout=60)
