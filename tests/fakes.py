@@ -1,10 +1,14 @@
-"""Small stand-ins for expensive training inputs, shared by tests."""
+"""Small stand-ins shared by tests: training inputs, and a tone-making audio generator."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from engine.audio import AudioPiece
+from engine.media import PhonemeMark
 
 
 def fake_latent_set(path: Path, clips: int = 6, length: int = 8, hw: int = 4) -> None:
@@ -19,3 +23,40 @@ def fake_latent_set(path: Path, clips: int = 6, length: int = 8, hw: int = 4) ->
         "meta": {"config": {"size": hw * 8}, "wall_s": 0.0},
     }
     torch.save(data, path)
+
+
+class ToneSpeaker:
+    """A text-in AudioGenerator: each word becomes 100 ms of tone (one piece), one mark per word.
+
+    Sample rate 1 kHz by default, so pts are easy to check by hand.
+    """
+
+    channels = 1
+    sample_rate = 1000
+
+    def __init__(self) -> None:
+        self.words: list[str] = []
+
+    def feed_text(self, text: str) -> None:
+        self.words += text.split()
+
+    def feed_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        raise TypeError("text only")
+
+    def end_input(self) -> None:
+        pass
+
+    def next_piece(self) -> AudioPiece | None:
+        if not self.words:
+            return None
+        word = self.words.pop(0)
+        t = np.arange(self.sample_rate // 10) / self.sample_rate
+        samples = (0.1 * np.sin(2 * np.pi * 50 * t)).astype(np.float32)
+        n = len(samples)
+        return AudioPiece(samples, (PhonemeMark(word, n // 10, n * 9 // 10),), not self.words)
+
+    def cancel(self) -> None:
+        self.words.clear()
+
+    def reset(self) -> None:
+        self.cancel()

@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
+from fakes import ToneSpeaker
 
-from engine.audio import AudioGenerator, AudioPiece, AudioStream
-from engine.media import PhonemeMark
+from engine.audio import AudioFramer, AudioGenerator, AudioStream
+from engine.media import AudioChunk, PhonemeMark
 
-RATE = 1000  # Hz: small numbers to check by hand
+RATE = ToneSpeaker.sample_rate
 
-
-class ToneSpeaker:
-    """A text-in generator: each word becomes 100 ms of tone (one piece), one mark per word."""
-
-    channels = 1
-    sample_rate = RATE
-
-    def __init__(self) -> None:
-        self.words: list[str] = []
-
-    def feed_text(self, text: str) -> None:
-        self.words += text.split()
-
-    def feed_audio(self, samples: np.ndarray, sample_rate: int) -> None:
-        raise TypeError("text only")
-
-    def end_input(self) -> None:
-        pass
-
-    def next_piece(self) -> AudioPiece | None:
-        if not self.words:
-            return None
-        word = self.words.pop(0)
-        t = np.arange(100) / RATE
-        samples = (0.1 * np.sin(2 * np.pi * 50 * t)).astype(np.float32)
-        return AudioPiece(samples, (PhonemeMark(word, 10, 90),), not self.words)
-
-    def cancel(self) -> None:
-        self.words.clear()
-
-    def reset(self) -> None:
-        self.cancel()
 
 
 class Clock:
@@ -107,3 +78,67 @@ def test_cancel_forgets_pending_audio_and_pulls_the_timeline_back() -> None:
     assert chunk is not None and chunk.pts == 50  # new speech starts now, not after the old
     assert stream.stats.cancels == 1
     assert stream.stats.real_time_factor is not None
+
+
+def tone_chunk(pts: int, n: int, rate: int = 22_050, freq: float = 440.0) -> AudioChunk:
+    t = (pts + np.arange(n)) / rate
+    wave = (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)[:, None]
+    return AudioChunk(wave, rate, pts, Fraction(1, rate))
+
+
+def drain(framer: AudioFramer) -> list[tuple[np.ndarray, int]]:
+    out = []
+    while (frame := framer.pop()) is not None:
+        out.append(frame)
+    return out
+
+
+def test_framer_cuts_contiguous_chunks_into_seamless_20ms_frames() -> None:
+    framer = AudioFramer(48_000, 960)
+    pts = 4410  # 0.2 s into the session
+    for n in (1000, 333, 4410, 2205, 7000):
+        framer.push(tone_chunk(pts, n))
+        pts += n
+    framer.end_run()
+    frames = drain(framer)
+    assert [p for _, p in frames] == [9600 + 960 * i for i in range(len(frames))]
+    assert all(f.shape == (960, 1) for f, _ in frames)
+    audio = np.concatenate([f[:, 0] for f, _ in frames])
+    total = (pts - 4410) / 22_050 * 48_000
+    assert total <= len(audio) < total + 960
+    body = audio[2000 : int(total) - 2000]  # away from the run's two edges
+    spectrum = np.abs(np.fft.rfft(body * np.hanning(len(body))))
+    assert abs(np.fft.rfftfreq(len(body), 1 / 48_000)[np.argmax(spectrum)] - 440) < 5
+    # one resampler for the whole run: no seam at chunk boundaries (a smooth sine throughout)
+    assert np.abs(np.diff(body)).max() < 2 * np.pi * 440 / 48_000 * 0.5 * 1.05
+
+
+def test_framer_starts_a_new_run_after_a_gap_and_never_overlaps() -> None:
+    framer = AudioFramer(48_000, 960)
+    framer.push(tone_chunk(0, 2205))  # 0.1 s
+    framer.push(tone_chunk(22_050, 2205))  # at 1.0 s: a gap of 0.9 s
+    framer.end_run()
+    frames = drain(framer)
+    pts = [p for _, p in frames]
+    assert pts == sorted(pts) and len(set(pts)) == len(pts)
+    assert 48_000 in pts  # the second run starts at its own time
+    silent = [p for f, p in frames if not np.abs(f).max()]
+    assert silent and min(silent) >= 4800 and max(silent) < 48_000  # the gap is silence
+    # a chunk that starts before the held audio ends (it was made late) follows on
+    framer.push(tone_chunk(0, 2205))
+    framer.end_run()
+    later = drain(framer)
+    assert later[0][1] == pts[-1] + 960
+
+
+def test_framer_align_clear_and_bad_input() -> None:
+    framer = AudioFramer(48_000, 960)
+    framer.align(96_000)  # silence was sent up to 2 s
+    framer.push(tone_chunk(22_050, 2205))  # made for 1 s: goes after what was sent
+    framer.end_run()
+    assert drain(framer)[0][1] == 96_000
+    framer.push(tone_chunk(44_100, 4410))
+    framer.clear()
+    assert framer.pop() is None and framer.held == 0
+    with pytest.raises(ValueError, match=r"\[N, 1\]"):
+        framer.push(AudioChunk(np.zeros((10, 2), np.float32), 22_050, 0, Fraction(1, 22_050)))

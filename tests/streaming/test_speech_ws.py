@@ -184,3 +184,57 @@ def test_say_errors_name_the_problem_and_the_stream_goes_on(
             assert len(audio_units(c)) > 20
 
     run(body(), timeout=60)
+
+
+def test_voice_over_webrtc_is_heard_by_a_real_aiortc_peer(
+    factory: SharedStreamFactory, voice: SpeechFactory
+) -> None:
+    """The Opus track from SpeechAudioTrack, decoded by aiortc: silence, speech, silence."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamTrack
+    from test_webrtc import wait_until
+
+    from streaming.session import SessionManager
+    from streaming.webrtc import WebRTCConfig, WebRTCGateway, ice_host_addresses
+
+    async def body() -> tuple[list[av.AudioFrame], int]:
+        manager = SessionManager(factory, max_sessions=1, speech_factory=voice)
+        gateway = WebRTCGateway(WebRTCConfig(host_addresses=("127.0.0.1",)))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            session = await manager.open({"prompt": "a cat"})
+            pc.addTransceiver("video", direction="recvonly")
+            pc.addTransceiver("audio", direction="recvonly")
+            tracks: dict[str, MediaStreamTrack] = {}
+            pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
+            with ice_host_addresses(["127.0.0.1"]):
+                await pc.setLocalDescription(await pc.createOffer())
+            sdp, type_ = await gateway.answer(pc.localDescription.sdp, "offer", session)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp, type_))
+            await wait_until(lambda: len(tracks) == 2, 10, "audio and video tracks")
+            audio: list[av.AudioFrame] = []
+            said = False
+            deadline = time.monotonic() + 7
+            while time.monotonic() < deadline:
+                frame = await asyncio.wait_for(tracks["audio"].recv(), 5)
+                assert isinstance(frame, av.AudioFrame)
+                audio.append(frame)
+                if len(audio) == 25 and not said:  # half a second of silence first
+                    await session.handle_control(
+                        {"type": "say", "text": TEXT.split(".")[0] + ".", "final": True}
+                    )
+                    said = True
+            return audio, gateway.peer_stats()[0]["audio_frames_sent"]
+        finally:
+            await pc.close()
+            await gateway.close()
+            await manager.close_all()
+
+    audio, sent = run(body(), timeout=60)
+    assert sent >= len(audio) > 250  # 7 s at 50 frames/s, less setup: paced, continuous
+    pcm = np.concatenate([f.to_ndarray().reshape(-1, 2)[:, 0] for f in audio]).astype(np.float32)
+    pcm /= 32768
+    loud = np.abs(pcm.reshape(-1, FRAME_SAMPLES)).max(axis=1) > 0.02
+    assert not loud[:20].any() and loud.any()  # silence, then the voice
+    heard = SpeechRecognizer().transcribe(pcm, 48_000)
+    assert word_error_rate(TEXT.split(".")[0], heard) <= 0.15, heard
