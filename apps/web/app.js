@@ -1,4 +1,5 @@
-// Framecast live page: WebRTC receive-only video, a "control" data channel, a stats overlay.
+// Framecast live page: WebRTC receive-only video and voice, a "control" data channel, a stats
+// overlay, and a Say box (text -> the session's voice; Stop speaking = barge-in).
 // Plain JS, no build step, no external URLs. The server (framecast serve) serves this
 // directory at / and answers POST /offer with {sdp, type, session}.
 "use strict";
@@ -9,6 +10,8 @@ const ui = {
   prompt: $("prompt"), mode: $("switch-mode"), switchBtn: $("switch"), form: $("prompt-form"),
   seed: $("seed"), steps: $("steps"), apply: $("apply"), token: $("token"),
   connect: $("connect"), disconnect: $("disconnect"),
+  audio: $("audio"), say: $("say"), sayForm: $("say-form"), speak: $("speak"), hush: $("hush"),
+  voice: $("stat-voice"),
   fps: $("stat-fps"), latency: $("stat-latency"), ttff: $("stat-ttff"), decoded: $("stat-decoded"),
   serverFps: $("stat-server-fps"), dropped: $("stat-dropped"), promptNow: $("stat-prompt"),
 };
@@ -16,6 +19,8 @@ const ui = {
 const ICE_GATHER_TIMEOUT_MS = 3000; // no STUN/TURN: host candidates come at once
 const STATS_PERIOD_MS = 1000;
 const FPS_WINDOW_MS = 2000;
+const AUDIO_METER_MS = 20; // the voice meter's period (one Opus frame)
+const SPEAKING_RMS = 0.01; // above this the received voice counts as speaking
 
 // Everything the page knows, also read by the browser test (window.framecast).
 const state = {
@@ -30,6 +35,11 @@ const state = {
   rttMs: null, jitterMs: null, decodeMs: null,
   server: null, // last "stats" reply from the server
   replies: [], // control replies, newest last (bounded)
+  audioRms: 0, // the received voice's level now (Web Audio analyser)
+  speaking: false, // audioRms above SPEAKING_RMS
+  lastSpeakingAt: null, // performance.now() when the voice was last heard
+  audioFrames: 0, // meter readings taken (20 ms each)
+  speakAt: null, hushAt: null, // performance.now() of the last Speak / Stop speaking click
 };
 window.framecast = { state, connect, disconnect, send };
 
@@ -38,6 +48,7 @@ let channel = null;
 let timers = [];
 let msgId = 0;
 let lastInbound = null;
+let audioCtx = null;
 
 function log(line) {
   const t = new Date().toISOString().slice(11, 23);
@@ -53,6 +64,8 @@ function setPhase(phase, detail) {
   ui.disconnect.disabled = !live;
   ui.switchBtn.disabled = phase !== "connected";
   ui.apply.disabled = phase !== "connected";
+  ui.speak.disabled = phase !== "connected";
+  ui.hush.disabled = phase !== "connected";
 }
 
 function headers() {
@@ -97,11 +110,18 @@ async function connect() {
   // No STUN/TURN servers: the server answers with its host candidates.
   pc = new RTCPeerConnection({ iceServers: [] });
   pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addTransceiver("audio", { direction: "recvonly" }); // inactive if the server has no voice
   channel = pc.createDataChannel("control");
   channel.onopen = () => { log("control channel open"); requestStats(); };
   channel.onmessage = (ev) => onControlReply(ev.data);
   channel.onclose = () => log("control channel closed");
   pc.ontrack = (ev) => {
+    if (ev.track.kind === "audio") {
+      ui.audio.srcObject = new MediaStream([ev.track]);
+      ui.audio.play().catch((e) => log(`audio play(): ${e}`));
+      meterVoice(ev.track);
+      return;
+    }
     ui.video.srcObject = ev.streams[0] || new MediaStream([ev.track]);
     ui.video.play().catch((e) => log(`play(): ${e}`));
   };
@@ -247,6 +267,33 @@ function renderServer() {
   ui.serverFps.textContent = `${Number(s.fps).toFixed(1)} / ${s.fps_target}`;
   ui.dropped.textContent = String(s.frames_dropped);
   ui.promptNow.textContent = `${s.prompt} (${s.switches} switches)`;
+  if (s.audio) {
+    const a = s.audio;
+    const first = a.first_audio_s === null ? "-" : `${(a.first_audio_s * 1000).toFixed(0)} ms`;
+    const rtf = a.real_time_factor === null ? "-" : a.real_time_factor.toFixed(2);
+    ui.voice.textContent = `${a.audio_seconds.toFixed(1)} s, first ${first}, RTF ${rtf}, ${a.underruns} underruns`;
+  } else {
+    ui.voice.textContent = "none (framecast serve --voice default)";
+  }
+}
+
+// The received voice's level, from a Web Audio analyser on the WebRTC track.
+function meterVoice(track) {
+  audioCtx = audioCtx || new AudioContext();
+  audioCtx.resume().catch(() => {});
+  const analyser = audioCtx.createAnalyser();
+  analyser.fftSize = 1024;
+  audioCtx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+  const buf = new Float32Array(analyser.fftSize);
+  timers.push(setInterval(() => {
+    analyser.getFloatTimeDomainData(buf);
+    let sum = 0;
+    for (const x of buf) sum += x * x;
+    state.audioRms = Math.sqrt(sum / buf.length);
+    state.speaking = state.audioRms > SPEAKING_RMS;
+    if (state.speaking) state.lastSpeakingAt = performance.now();
+    state.audioFrames++;
+  }, AUDIO_METER_MS));
 }
 
 // ---- controls ----
@@ -264,6 +311,8 @@ function teardown(phase, detail) {
   channel = null;
   pc = null;
   ui.video.srcObject = null;
+  ui.audio.srcObject = null;
+  if (audioCtx) { audioCtx.close(); audioCtx = null; }
   setPhase(phase, detail);
 }
 
@@ -274,6 +323,17 @@ ui.form.addEventListener("submit", (ev) => {
   const prompt = ui.prompt.value.trim();
   if (!prompt) { log("the prompt is empty"); return; }
   send({ type: "switch_prompt", prompt, mode: ui.mode.value });
+});
+ui.sayForm.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const text = ui.say.value.trim();
+  if (!text) { log("nothing to say"); return; }
+  state.speakAt = performance.now();
+  send({ type: "say", text, final: true });
+});
+ui.hush.addEventListener("click", () => {
+  state.hushAt = performance.now();
+  send({ type: "cancel" });
 });
 ui.apply.addEventListener("click", () => {
   const { seed, steps } = startParams();

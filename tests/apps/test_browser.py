@@ -38,6 +38,10 @@ ARTIFACT = REPO / "out" / "test-artifacts" / "browser.png"
 CHILD_TIMEOUT = 60  # seconds for the whole child (server + browser); it takes ~15
 FIRST_PROMPT = "a red circle moving left on a black background"
 NEW_PROMPT = "a green square moving right on a gray background"
+SAY_TEXT = (
+    "Hello there, I am the voice of this stream, and I will keep talking for a while "
+    "so that you can interrupt me."
+)
 
 # Flags for headless Chromium in a test. The WebRTC ones:
 #  --disable-features=WebRtcHideLocalIpsWithMdns: real host IPs in candidates, not
@@ -136,6 +140,13 @@ def test_page_streams_switches_and_shows_fps_in_chromium(tmp_path: Path) -> None
     restart = r["restart"]
     assert restart["seed"] == 7 and restart["steps"] == [1000, 500], restart
     assert restart["current_time"][1] - restart["current_time"][0] > 0.5, restart
+    # the voice: silent until asked, heard by a Web Audio analyser, stopped by a barge-in
+    v = r["voice"]
+    assert v["rms_before"] < 0.005, v
+    assert v["meter_readings"] > 100, v
+    assert 0 < v["speak_to_heard_ms"] < 3000, v
+    assert v["hush_to_silence_ms"] < 500, v  # seconds of queued speech were dropped
+    assert v["server"]["cancels"] == 1 and v["server"]["audio_seconds"] > 1, v
     # Disconnect freed the session
     assert r["sessions_after_disconnect"] == 0, r
     assert shot.stat().st_size > 1000
@@ -173,12 +184,13 @@ async def _poll(check: Any, timeout: float, what: str) -> Any:
 async def _child(out: Path) -> None:
     from playwright.async_api import async_playwright
 
-    from apps.server import ServerConfig, SharedStreamFactory, start_server
+    from apps.server import ServerConfig, SharedStreamFactory, load_voice, start_server
     from models.resolve import ModelOptions
 
     factory = await asyncio.to_thread(SharedStreamFactory, ModelOptions(model="world"))
+    voice = await asyncio.to_thread(load_voice, "default", 1)
     # ice_loopback: WebRTCConfig(host_addresses=("127.0.0.1",)) for the server's peers
-    handle = await start_server(ServerConfig(port=0, ice_loopback=True), factory)
+    handle = await start_server(ServerConfig(port=0, ice_loopback=True), factory, voice)
     manager = handle.manager
     url = f"{handle.http_url}/"
     result: dict[str, Any] = {}
@@ -257,6 +269,24 @@ async def _child(out: Path) -> None:
                 overlay_server_fps=await page.inner_text("#stat-server-fps"),
             )
             await page.screenshot(path=str(out / "browser.png"))
+            # the voice: Speak makes the analyser hear it; Stop speaking silences it
+            silent_before = await page.evaluate(f"{state}.audioRms")
+            await page.fill("#say", SAY_TEXT)
+            await page.click("#speak")
+            await _poll(lambda: page.evaluate(f"{state}.speaking"), 10, "the voice to be heard")
+            first_heard = await page.evaluate(f"{state}.lastSpeakingAt - {state}.speakAt")
+            await asyncio.sleep(1.0)
+            await page.click("#hush")
+            await asyncio.sleep(1.0)
+            result["voice"] = {
+                "rms_before": silent_before,
+                "speak_to_heard_ms": first_heard,
+                "hush_to_silence_ms": await page.evaluate(
+                    f"{state}.lastSpeakingAt - {state}.hushAt"
+                ),
+                "meter_readings": await page.evaluate(f"{state}.audioFrames"),
+                "server": session.stats().get("audio"),
+            }
             # seed and steps: Apply restarts the session's stream with them
             await page.fill("#seed", "7")
             await page.fill("#steps", "2")
