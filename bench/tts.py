@@ -13,18 +13,28 @@ Piper voice (models/audio/tts.py):
 - intelligibility: the held-out sentences, streamed in pieces, transcribed by
   Whisper tiny.en (models/audio/asr.py); word error rate over all of them.
 
+With ``--transport ws`` (the default) the same is measured again at a real
+websockets client of a real server on 127.0.0.1 (``say`` messages word by word;
+first audio = the first audio unit's arrival after the ``say`` that completes
+the first phrase; WER of the PCM16 units received; barge-in = the audio that
+still arrives after a ``cancel`` is sent, plus the 60 ms a real-time player
+holds at most, since units leave that long before they are due).
+
 Usage::
 
     framecast bench-tts                       # JSON to out/bench_tts.json
-    framecast bench-tts --seconds 10 --threads 2 --out tts.json
+    framecast bench-tts --seconds 10 --transport engine --out tts.json
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import datetime as dt
+import itertools
 import json
+import math
 import statistics
 import sys
 import time
@@ -115,10 +125,12 @@ def continuous(speech: PiperSpeech, seconds: float, lead: float) -> dict[str, An
     }
 
 
-def intelligibility(speech: PiperSpeech, recognizer: SpeechRecognizer) -> dict[str, Any]:
-    """WER of the held-out sentences, each streamed in 4-character pieces, then transcribed."""
+def intelligibility(
+    speech: PiperSpeech, recognizer: SpeechRecognizer, sentences: tuple[str, ...]
+) -> dict[str, Any]:
+    """WER of held-out sentences, each streamed in 4-character pieces, then transcribed."""
     heard = []
-    for sentence in HELD_OUT_SENTENCES:
+    for sentence in sentences:
         speech.reset()
         stream = AudioStream(speech, clock=lambda: 0.0)
         pieces = []
@@ -130,15 +142,127 @@ def intelligibility(speech: PiperSpeech, recognizer: SpeechRecognizer) -> dict[s
         while (chunk := stream.next_chunk()) is not None:
             pieces.append(chunk.samples[:, 0])
         heard.append(recognizer.transcribe(np.concatenate(pieces), speech.sample_rate))
-    reference = " ".join(HELD_OUT_SENTENCES)
     return {
-        "sentences": len(HELD_OUT_SENTENCES),
-        "wer": word_error_rate(reference, " ".join(heard)),
+        "sentences": len(sentences),
+        "wer": word_error_rate(" ".join(sentences), " ".join(heard)),
         "per_sentence_wer": [
-            round(word_error_rate(r, h), 4) for r, h in zip(HELD_OUT_SENTENCES, heard, strict=True)
+            round(word_error_rate(r, h), 4) for r, h in zip(sentences, heard, strict=True)
         ],
         "transcripts": heard,
     }
+
+
+async def over_websocket(a: argparse.Namespace) -> dict[str, Any]:
+    """The same three measures at a real websockets client of a real server on 127.0.0.1.
+
+    The server runs the nano video model at 64x64 beside the voice (a session always
+    streams video); audio arrives as PCM16 units (docs/protocol.md).
+    """
+    from websockets.asyncio.client import connect
+
+    from apps.server import ServerConfig, SharedStreamFactory, load_voice, start_server
+    from models.audio.chunker import PhraseChunker
+    from models.resolve import ModelOptions
+    from streaming.speech import SpeechConfig as SessionSpeechConfig
+    from streaming.wsproto import MsgType, unpack
+
+    factory = SharedStreamFactory(ModelOptions(model="nano", height=64, width=64, fps=16))
+    voice = load_voice("default" if a.voice is None else str(a.voice), a.threads)
+    handle = await start_server(ServerConfig(host="127.0.0.1", port=0), factory, voice)
+    out: dict[str, Any] = {"video": "nano 64x64 at 16 fps beside the voice"}
+    try:
+        async with connect(handle.ws_url, compression=None, max_queue=64) as ws:
+            await ws.send(json.dumps({"type": "start", "prompt": "a cat"}))
+            audio: list[tuple[float, Any, bytes]] = []  # arrival, header, payload
+            replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+            async def reader() -> None:
+                async for message in ws:
+                    if isinstance(message, str):
+                        replies.put_nowait(json.loads(message))
+                        continue
+                    header, payload = unpack(message)
+                    if header.msg_type == MsgType.AUDIO:
+                        audio.append((time.perf_counter(), header, bytes(payload)))
+
+            task = asyncio.create_task(reader())
+            await replies.get()  # the start ack
+
+            async def control(message: dict[str, Any]) -> dict[str, Any]:
+                await ws.send(json.dumps(message))
+                return await replies.get()
+
+            async def quiet(seconds: float, limit: float) -> None:
+                end = time.perf_counter() + limit
+                while time.perf_counter() < end:
+                    seen = len(audio)
+                    await asyncio.sleep(seconds)
+                    if len(audio) == seen:
+                        return
+
+            # first audio after the first phrase boundary, sentence by sentence
+            latencies = []
+            for sentence in HELD_OUT_SENTENCES[: a.sentences]:
+                chunker, boundary, start = PhraseChunker(), None, len(audio)
+                for word in sentence.split(" "):
+                    released = chunker.push(word + " ")
+                    sent_at = time.perf_counter()
+                    await control({"type": "say", "text": word + " "})
+                    if released and boundary is None:
+                        boundary = sent_at
+                        break
+                assert boundary is not None, sentence
+                while len(audio) == start:
+                    await asyncio.sleep(0.001)
+                latencies.append(audio[start][0] - boundary)
+                await control({"type": "cancel"})
+                await quiet(0.3, 5)
+            out["first_audio_s"] = {
+                "median": statistics.median(latencies),
+                "max": max(latencies),
+                "all": latencies,
+            }
+            # continuous speech, whole text at once; then intelligibility of what arrived
+            # about 3 s of speech per sentence: as many as --seconds asks for
+            text = " ".join(HELD_OUT_SENTENCES[: max(1, math.ceil(a.seconds / 3))])
+            start, passes = len(audio), 0
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < a.seconds:
+                await control({"type": "say", "text": text, "final": True})
+                passes += 1
+                await quiet(1.0, a.seconds + 60)
+            got = audio[start:]
+            steps = [b[1].pts - p[1].pts for p, b in itertools.pairwise(got)]
+            arrival_gaps = [b[0] - p[0] for p, b in itertools.pairwise(got)]
+            stats = (await control({"type": "stats"}))["audio"]
+            pcm = np.concatenate([np.frombuffer(p, "<i2") for _, _, p in got]).astype(np.float32)
+            out["continuous"] = {
+                "seconds_received": len(got) * 0.02,
+                "server_underruns": stats["underruns"],
+                "server_real_time_factor": stats["real_time_factor"],
+                "pts_jumps": sum(s != 960 for s in steps),
+                "max_arrival_gap_s": max(arrival_gaps) if arrival_gaps else None,
+            }
+            # barge-in: speak, cancel mid-sentence; audio that still arrives after the
+            # cancel was sent, plus the at most `lead` s a real-time player holds, keeps playing
+            stops = []
+            for sentence in HELD_OUT_SENTENCES[: min(5, a.sentences)]:
+                await control({"type": "say", "text": sentence + " " + sentence, "final": True})
+                await asyncio.sleep(1.0)
+                cancel_at, before = time.perf_counter(), len(audio)
+                await control({"type": "cancel"})
+                await quiet(0.5, 5)
+                late = [u for u in audio[before:] if u[0] > cancel_at]
+                stops.append(len(late) * 0.02 + SessionSpeechConfig().lead)
+            out["barge_in_s"] = {"max": max(stops), "all": stops}
+            if not a.no_wer:
+                heard = SpeechRecognizer(threads=a.threads).transcribe(pcm / 32768, 48_000)
+                out["intelligibility"] = {"wer": word_error_rate(" ".join([text] * passes), heard)}
+            task.cancel()
+    finally:
+        await handle.stop()
+        factory.close()
+    return out
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -147,7 +271,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     speech = PiperSpeech.load(a.voice, config=config, threads=a.threads)
     load_s = time.perf_counter() - t0
     first_audio(speech, HELD_OUT_SENTENCES[:2])  # warm-up, not counted
-    latencies = first_audio(speech, HELD_OUT_SENTENCES)
+    latencies = first_audio(speech, HELD_OUT_SENTENCES[: a.sentences])
     result: dict[str, Any] = {
         "benchmark": "tts",
         "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -166,6 +290,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             "chunker": dataclasses.asdict(config.chunker),
             "seconds": a.seconds,
             "lead_s": a.lead,
+            "sentences": a.sentences,
         },
         "load_s": load_s,
         "first_audio_s": {
@@ -177,7 +302,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "continuous": continuous(speech, a.seconds, a.lead),
     }
     if not a.no_wer:
-        result["intelligibility"] = intelligibility(speech, SpeechRecognizer(threads=a.threads))
+        recognizer = SpeechRecognizer(threads=a.threads)
+        sentences = HELD_OUT_SENTENCES[: a.sentences]
+        result["intelligibility"] = intelligibility(speech, recognizer, sentences)
+    if a.transport == "ws":
+        del speech
+        result["websocket"] = asyncio.run(over_websocket(a))
     return result
 
 
@@ -190,6 +320,18 @@ def add_tts_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="continuous speech to make")
     p.add_argument("--lead", type=float, default=0.5, help="most seconds made ahead of playback")
     p.add_argument("--no-wer", action="store_true", help="skip the speech-recognition check")
+    p.add_argument(
+        "--sentences",
+        type=int,
+        default=len(HELD_OUT_SENTENCES),
+        help="held-out sentences for first audio and WER",
+    )
+    p.add_argument(
+        "--transport",
+        choices=["engine", "ws"],
+        default="ws",
+        help="engine: in-process only; ws: also at a websockets client of a real server",
+    )
     p.add_argument("--out", type=Path, default=Path("out/bench_tts.json"), help="JSON file")
 
 
@@ -205,6 +347,18 @@ def tts_bench_command(a: argparse.Namespace) -> int:
     )
     if "intelligibility" in result:
         line += f", WER {result['intelligibility']['wer'] * 100:.1f}%"
+    if "websocket" in result:
+        w = result["websocket"]
+        line += (
+            f"; at a WebSocket client: first audio median "
+            f"{w['first_audio_s']['median'] * 1000:.0f} ms (max "
+            f"{w['first_audio_s']['max'] * 1000:.0f} ms), "
+            f"{w['continuous']['server_underruns']} underruns in "
+            f"{w['continuous']['seconds_received']:.0f} s"
+        )
+        if "intelligibility" in w:
+            line += f", WER {w['intelligibility']['wer'] * 100:.1f}%"
+        line += f", barge-in stops within {w['barge_in_s']['max'] * 1000:.0f} ms"
     print(line, file=sys.stderr)
     print(json.dumps(result))
     return 0
