@@ -1,4 +1,4 @@
-"""`framecast` command line: generate, speak, serve, bench, eval, info, train."""
+"""`framecast` command line: generate, speak, convert, serve, bench, eval, info, train."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import math
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from apps.args import Parser, add_model_arguments, model_options
 from engine.stream import SWITCH_MODES
@@ -77,9 +79,9 @@ def add_speak_arguments(p: argparse.ArgumentParser) -> None:
     from models.audio.tts import SpeechConfig
 
     d = SpeechConfig()
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="what to say")
-    src.add_argument(
+    p.add_argument("text", nargs="?", help="what to say (or --text, or --stdin)")
+    p.add_argument("--text", dest="text_option", metavar="TEXT", help="what to say")
+    p.add_argument(
         "--stdin", action="store_true", help="read text from stdin as it arrives (a pipe)"
     )
     p.add_argument("--out", type=Path, default=Path("out/speech.wav"), help="WAV file to write")
@@ -91,40 +93,59 @@ def add_speak_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
 
 
-def cmd_speak(a: argparse.Namespace) -> int:
-    import json
+def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
     import wave
 
-    import numpy as np
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def _progress_line(text: str, final: bool = False) -> None:
+    """One status line on stderr: rewritten in place on a terminal, a line each elsewhere."""
+    tty = sys.stderr.isatty()
+    if tty or final:
+        print(f"\r{text}" if tty else text, end="\n" if final else "", file=sys.stderr, flush=True)
+
+
+def cmd_speak(a: argparse.Namespace) -> int:
+    import json
 
     from engine.audio import AudioStream
     from models.audio.tts import PiperSpeech, SpeechConfig
 
-    config = SpeechConfig(
-        first_window=a.first_window, window=a.window, length_scale=a.length_scale
-    )
+    given = [x for x in (a.text, a.text_option) if x is not None]
+    if len(given) + a.stdin != 1:
+        raise ValueError("say what: give the text, --text TEXT or --stdin (exactly one)")
+    config = SpeechConfig(first_window=a.first_window, window=a.window, length_scale=a.length_scale)
     speech = PiperSpeech.load(a.voice, config=config, threads=a.threads)
     stream = AudioStream(speech)
     chunks = []
-    pieces = iter(sys.stdin.readline, "") if a.stdin else [a.text]
-    for piece in pieces:
-        stream.feed_text(piece)
+    t0 = time.perf_counter()
+
+    def take() -> None:
         while (chunk := stream.next_chunk()) is not None:
             chunks.append(chunk)
+            made = sum(c.duration for c in chunks)
+            _progress_line(
+                f"{made:6.1f} s spoken  {made / (time.perf_counter() - t0):5.1f}x real time"
+            )
+
+    pieces = iter(sys.stdin.readline, "") if a.stdin else given
+    for piece in pieces:
+        stream.feed_text(piece)
+        take()
     stream.end_input()
-    while (chunk := stream.next_chunk()) is not None:
-        chunks.append(chunk)
+    take()
     if not chunks:
         raise ValueError("nothing to say: the text has no words")
     start = chunks[0].pts
     audio = np.concatenate([c.samples[:, 0] for c in chunks])
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(a.out), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(speech.sample_rate)
-        w.writeframes(pcm.tobytes())
+    _write_wav(a.out, audio, speech.sample_rate)
     if a.marks is not None:
         marks = [
             {"phoneme": m.phoneme, "start_s": (m.start - start) / speech.sample_rate,
@@ -134,12 +155,73 @@ def cmd_speak(a: argparse.Namespace) -> int:
         ]  # fmt: skip
         a.marks.write_text(json.dumps(marks, indent=1) + "\n")
     s = stream.stats
-    log.info(
-        "wrote %s: %.2f s of speech, first audio %.0f ms, real-time factor %.3f",
-        a.out,
-        len(audio) / speech.sample_rate,
-        (s.first_audio_history[0] if s.first_audio_history else 0) * 1000,
-        s.real_time_factor or 0,
+    _progress_line(
+        f"wrote {a.out}: {len(audio) / speech.sample_rate:.2f} s of speech, first audio "
+        f"{(s.first_audio_history[0] if s.first_audio_history else 0) * 1000:.0f} ms, "
+        f"real-time factor {s.real_time_factor or 0:.3f}",
+        final=True,
+    )
+    return 0
+
+
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    from models.audio.dsp_vc import ConverterConfig
+
+    d = ConverterConfig()
+    p.add_argument("input", type=Path, help="audio file to convert (any format PyAV reads)")
+    p.add_argument("--out", type=Path, default=Path("out/converted.wav"), help="WAV to write")
+    p.add_argument("--semitones", type=float, default=d.semitones, help="pitch shift")
+    p.add_argument("--formant", type=float, default=d.formant, help="> 1: a shorter vocal tract")
+    p.add_argument(
+        "--piece", type=float, default=0.02, help="seconds fed at a time, as a live input would"
+    )
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    import av
+
+    from models.audio.dsp_vc import ConverterConfig, WorldVoiceConverter
+
+    if not a.input.exists():
+        raise FileNotFoundError(f"no audio file at {a.input}")
+    config = ConverterConfig(semitones=a.semitones, formant=a.formant)
+    vc = WorldVoiceConverter(config)
+    try:
+        container = av.open(str(a.input))
+    except av.error.FFmpegError as e:
+        raise ValueError(f"{a.input} is not an audio file PyAV can read: {e}") from None
+    with container:
+        if not container.streams.audio:
+            raise ValueError(f"{a.input} has no audio stream")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=config.sample_rate)
+        pieces = []
+        for frame in container.decode(audio=0):
+            pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+        pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    x = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    if not len(x):
+        raise ValueError(f"{a.input} holds no audio samples")
+    step = max(1, round(a.piece * config.sample_rate))
+    out = []
+    t0 = time.perf_counter()
+    for i in range(0, len(x), step):
+        vc.feed_audio(x[i : i + step], config.sample_rate)
+        while (piece := vc.next_piece()) is not None:
+            out.append(piece.samples)
+        if (i // step) % 50 == 0:
+            done = i / config.sample_rate
+            _progress_line(f"{done:6.1f} / {len(x) / config.sample_rate:.1f} s converted")
+    vc.end_input()
+    while (piece := vc.next_piece()) is not None:
+        out.append(piece.samples)
+    y = np.concatenate(out)
+    _write_wav(a.out, y, config.sample_rate)
+    wall = time.perf_counter() - t0
+    _progress_line(
+        f"wrote {a.out}: {len(y) / config.sample_rate:.2f} s, {a.semitones:+.1f} semitones, "
+        f"formant x{a.formant:.2f}, algorithmic latency {config.latency * 1000:.0f} ms, "
+        f"real-time factor {wall / (len(y) / config.sample_rate):.3f}",
+        final=True,
     )
     return 0
 
@@ -203,9 +285,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-seed", type=int, default=d.prompt_seed, help="held-out prompt set")
     p.add_argument("--oracle", action="store_true", help="score the ground truth (sanity check)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument(
-        "--out", type=Path, help="JSON path (default: ./eval_<model>_<date>.json)"
-    )
+    p.add_argument("--out", type=Path, help="JSON path (default: ./eval_<model>_<date>.json)")
     add_model_arguments(p)
 
 
@@ -596,6 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("speak", help="text to speech with the streaming Piper voice (WAV)")
     add_speak_arguments(sp)
     sp.set_defaults(func=cmd_speak)
+
+    cv = sub.add_parser(
+        "convert", help="voice conversion of an audio file, fed as a live input would be (WAV)"
+    )
+    add_convert_arguments(cv)
+    cv.set_defaults(func=cmd_convert)
 
     ev = sub.add_parser(
         "eval", help="prompt adherence, drift and switch response on held-out prompts (JSON)"

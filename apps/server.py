@@ -48,6 +48,7 @@ from engine.media import VideoFrame
 from engine.parallel import Pipeline, PipelineConfig
 from engine.protocols import CausalGenerator
 from engine.stream import Stream
+from models.audio.dsp_vc import ConverterConfig as ConverterSettings
 from models.resolve import GeneratorSpec, ModelOptions, build_stream, latent_hw, resolve
 from streaming.control import (
     BAD_JSON,
@@ -102,6 +103,8 @@ class ServerConfig:
     # "default" (that voice, or an error naming what to install), "none", or a Piper .onnx path
     voice: str = "auto"
     voice_threads: int = 2  # ONNX Runtime threads of the voice
+    # sessions convert microphone audio instead of speaking text: (semitones, formant)
+    convert: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("port", "ws_port"):
@@ -498,6 +501,35 @@ def load_voice(voice: str, threads: int) -> SpeechFactory | None:
     return factory
 
 
+def parse_convert(text: str) -> tuple[float, float]:
+    """ "world", "world:+4" or "world:-3:0.9" -> (semitones, formant) (argparse type)."""
+    kind, *rest = text.split(":")
+    try:
+        if kind != "world" or len(rest) > 2:
+            raise ValueError
+        semitones = float(rest[0]) if rest else ConverterSettings().semitones
+        formant = float(rest[1]) if len(rest) > 1 else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--convert takes world[:SEMITONES[:FORMANT]], e.g. world:+4:1.1; got {text!r}"
+        ) from None
+    return semitones, formant
+
+
+def load_converter(semitones: float, formant: float) -> SpeechFactory:
+    """A factory of WORLD voice converters (each session its own state)."""
+    from models.audio.dsp_vc import ConverterConfig, WorldVoiceConverter
+
+    config = ConverterConfig(semitones=semitones, formant=formant)
+    WorldVoiceConverter(config)  # fail now, naming the missing package, not per session
+    log.info("sessions convert the microphone: %+.1f semitones, formant x%.2f", semitones, formant)
+
+    def factory(params: StartParams) -> WorldVoiceConverter:
+        return WorldVoiceConverter(config)
+
+    return factory
+
+
 async def start_server(
     config: ServerConfig, factory: StreamFactory, speech: SpeechFactory | None = None
 ) -> ServerHandle:
@@ -614,8 +646,12 @@ def run_server(
     async def main() -> None:
         log.info("loading %s ...", opts.model or "the default model")
         factory = await asyncio.to_thread(SharedStreamFactory, opts, pipeline)
+        speech: SpeechFactory | None
         try:
-            speech = await asyncio.to_thread(load_voice, config.voice, config.voice_threads)
+            if config.convert is not None:
+                speech = load_converter(*config.convert)
+            else:
+                speech = await asyncio.to_thread(load_voice, config.voice, config.voice_threads)
         except Exception:
             factory.close()
             raise
@@ -678,6 +714,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--voice-threads", type=int, default=d.voice_threads, help="ONNX Runtime threads"
+    )
+    p.add_argument(
+        "--convert",
+        type=parse_convert,
+        metavar="world[:SEMITONES[:FORMANT]]",
+        help="sessions convert the client's microphone (WebRTC audio or WebSocket audio units) "
+        "with WORLD instead of speaking text, e.g. world:+4:1.1 (default: off)",
     )
     p.add_argument(
         "--ws-audio-codec",
@@ -758,6 +801,7 @@ def serve_command(a: argparse.Namespace) -> int:
         record=a.record,
         voice=a.voice,
         voice_threads=a.voice_threads,
+        convert=a.convert,
     )
     opts, pipeline = model_options(a), pipeline_config(a)
     if pipeline is not None and int(os.environ.get("RANK", "0")) > 0:

@@ -29,12 +29,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 import av
 import numpy as np
 
 from engine.media import AudioChunk, PhonemeMark
+
+InputKind: TypeAlias = Literal["text", "audio"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class AudioGenerator(Protocol):
 
     @property
     def channels(self) -> int: ...
+
+    @property
+    def takes(self) -> InputKind:
+        """What it is fed: "text" (feed_text) or "audio" (feed_audio)."""
+        ...
 
     def feed_text(self, text: str) -> None:
         """More input text (raises TypeError for generators that take no text)."""
@@ -291,3 +298,36 @@ class AudioFramer:
         parts = [f.to_ndarray().reshape(-1, self.channels) for f in frames]
         if parts:
             self._held = np.concatenate([self._held, *parts])
+
+
+class StreamResampler:
+    """Live mono audio at any rate -> float32 at ``rate``, one PyAV resampler across calls.
+
+    A fresh resampler per piece would drop its filter delay at every call and
+    squeeze the timeline (20 ms pieces lost a third of their samples: a pitch
+    shift of its own); this one carries the delay over, so pieces join exactly.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._source_rate = 0
+        self._resampler: Any = None
+
+    def __call__(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        """float32 [N] or [N, channels] (mixed to mono) -> float32 [M] at ``rate``."""
+        x = np.asarray(samples, np.float32)
+        mono = x if x.ndim == 1 else x.mean(axis=1)
+        if sample_rate == self.rate:
+            return mono.copy()
+        if self._resampler is None or sample_rate != self._source_rate:
+            self._source_rate = sample_rate
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(mono[None]), format="flt", layout="mono"
+        )
+        frame.sample_rate = sample_rate
+        parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def reset(self) -> None:
+        self._resampler = None

@@ -439,6 +439,21 @@ class LiveSession:
                 e.msg_id, e.for_type = msg.id, msg.type
                 return e.reply()
 
+    def feed_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        """Microphone audio for the session's converter; ControlError when it takes none."""
+        if self.speech is None:
+            raise ControlError(
+                NO_AUDIO,
+                "this session has no audio generator to take microphone audio; start the "
+                "server with one (framecast serve --convert world)",
+            )
+        try:
+            self.speech.feed_audio(samples, sample_rate)
+        except TypeError as e:
+            raise ControlError(NO_AUDIO, f"{e}: this session speaks text (send say)") from None
+        except SpeechClosed as e:
+            raise ControlError(NO_AUDIO, f"{e}; open a new session") from None
+
     def _speak(self, msg: Say | Cancel) -> dict[str, Any]:
         if self.speech is None:
             raise ControlError(
@@ -452,6 +467,8 @@ class LiveSession:
             self.speech.say(msg.text, msg.final)
         except SpeechClosed as e:
             raise ControlError(NO_AUDIO, f"{e}; open a new session") from None
+        except TypeError as e:
+            raise ControlError(NO_AUDIO, f"{e}: this session converts microphone audio") from None
         return ack(msg, chars=len(msg.text), final=msg.final)
 
     def switch_prompt(self, prompt: str, mode: SwitchMode = "recache") -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.audio import AudioFramer, AudioGenerator, AudioStream
+from engine.audio import AudioFramer, AudioGenerator, AudioStream, InputKind
 from engine.media import AudioChunk
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class SessionSpeech:
         self._interrupt = asyncio.Event()
         self._closed = False
         self.said = 0  # "say" messages
+        self.heard = 0.0  # seconds of input audio
         self._task = asyncio.get_running_loop().create_task(
             self._produce(), name=f"voice-{session_id}"
         )
@@ -107,6 +108,11 @@ class SessionSpeech:
     @property
     def channels(self) -> int:
         return self.stream.generator.channels
+
+    @property
+    def takes(self) -> InputKind:
+        """What the generator is fed: "text" (say) or "audio" (a microphone)."""
+        return self.stream.generator.takes
 
     def clock_seconds(self) -> float:
         """The session clock: seconds since the voice's start time."""
@@ -120,6 +126,14 @@ class SessionSpeech:
         self.stream.feed_text(text)  # string work only: fine on the event loop
         if final:
             self.stream.end_input()
+        self._wake.set()
+
+    def feed_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        """Input audio (a microphone) for a converting generator; TypeError for a voice."""
+        if self._closed:
+            raise SpeechClosed(f"the voice of session {self.id} is closed")
+        self.heard += len(samples) / sample_rate
+        self.stream.feed_audio(samples, sample_rate)
         self._wake.set()
 
     def cancel(self) -> int:
@@ -153,6 +167,7 @@ class SessionSpeech:
             "underruns": s.underruns,
             "cancels": s.cancels,
             "says": self.said,
+            "input_seconds": round(self.heard, 3),
         }
 
     async def close(self) -> None:

@@ -99,6 +99,10 @@ class LiveMediaSession(Protocol):
 
     async def next_audio(self) -> AudioChunk: ...
 
+    def feed_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        """Microphone audio for the session's converter (raises when it takes none)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -517,6 +521,28 @@ class _Peer:
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._watch(), name=f"{self.tag} watchdog"))
 
+    def on_track(self, track: MediaStreamTrack) -> None:
+        """The browser's microphone, for a session that converts audio."""
+        if track.kind == "audio":
+            self._tasks.append(
+                asyncio.create_task(self._microphone(track), name=f"{self.tag} microphone")
+            )
+
+    async def _microphone(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            assert isinstance(frame, av.AudioFrame)
+            pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+            scale = 32768.0 if pcm.dtype == np.int16 else 1.0
+            try:
+                self.session.feed_audio(pcm.astype(np.float32) / scale, frame.sample_rate)
+            except Exception as e:  # the session cannot take audio: stop reading, keep streaming
+                log.info("%s microphone ignored: %s", self.tag, e)
+                return
+
     def on_state(self) -> None:
         state = self.pc.connectionState
         log.info("%s peer connection %s", self.tag, state)
@@ -713,7 +739,12 @@ class WebRTCGateway:
                     if session.speech is None
                     else SpeechAudioTrack(session.speech)
                 )
-                pc.addTransceiver(peer.audio, direction="sendonly")
+                converts = session.speech is not None and session.speech.takes == "audio"
+                offered = [m.direction for m in description.media if m.kind == "audio"]
+                microphone = converts and offered[0] in ("sendrecv", "sendonly")
+                pc.addTransceiver(peer.audio, direction="sendrecv" if microphone else "sendonly")
+                if microphone:
+                    pc.on("track", peer.on_track)
             pc.on("datachannel", peer.on_datachannel)
             pc.on("connectionstatechange", peer.on_state)
             try:

@@ -5,7 +5,9 @@ One connection is one session. The client sends a ``start`` control message
 start with the server's defaults); the server answers with an ``ack`` that
 describes the stream, then sends one binary message per video frame while it
 reads control messages, each of which gets one JSON reply. Bad control input
-gets an ``error`` reply and the stream carries on.
+gets an ``error`` reply and the stream carries on. A client may also send audio
+units (msg_type 2, stream 1, PCM16 or Opus: a microphone) to a session that
+converts audio; they get no reply unless they are unusable.
 
 Staying live: the transport takes a frame from the session only when fewer
 than ``max_in_flight`` frames are unacknowledged by the client, where a frame
@@ -44,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from http import HTTPStatus
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import av
@@ -74,10 +76,12 @@ from streaming.wsproto import (
     AUDIO_STREAM,
     VIDEO_STREAM,
     Flags,
+    FrameError,
     MediaHeader,
     MsgType,
     PayloadKind,
     pack,
+    unpack,
 )
 
 log = logging.getLogger(__name__)
@@ -490,9 +494,17 @@ class WebSocketEndpoint:
             paced.close()
 
     async def _read_controls(self, ws: ServerConnection, session: LiveSession) -> None:
+        microphone = MicrophoneInput()
         async for message in ws:
             if isinstance(message, bytes):
-                reply = _binary_error()
+                try:
+                    samples, rate = microphone.decode(message)
+                    session.feed_audio(samples, rate)
+                    continue  # audio in gets no reply, only a bad unit does
+                except FrameError as e:
+                    reply = error_reply(BAD_MESSAGE, f"unusable audio unit: {e}")
+                except ControlError as e:
+                    reply = e.reply()
             else:
                 reply = await session.handle_control(message)
             await ws.send(encode_reply(reply))
@@ -527,8 +539,47 @@ class WebSocketEndpoint:
 def _binary_error() -> dict[str, object]:
     return error_reply(
         BAD_MESSAGE,
-        "binary messages from clients are not accepted; send control messages as JSON text",
+        "no session yet: send a start control message (JSON text) before any audio unit",
     )
+
+
+class MicrophoneInput:
+    """Client audio units (msg_type 2, stream 1, PCM16 or Opus) -> float32 samples and rate."""
+
+    def __init__(self) -> None:
+        self._opus: Any = None
+
+    def decode(self, message: bytes) -> tuple[np.ndarray, int]:
+        header, payload = unpack(message)
+        if header.msg_type != MsgType.AUDIO or header.stream_id != AUDIO_STREAM:
+            raise FrameError(
+                "clients send only audio units (msg_type 2, stream_id 1: a microphone); "
+                "send control messages as JSON text"
+            )
+        tb = header.time_base
+        if tb.numerator != 1 or not 8_000 <= tb.denominator <= 192_000:
+            raise FrameError(f"an audio unit's time base is 1/sample_rate (8-192 kHz), got {tb}")
+        if header.channels not in (1, 2):
+            raise FrameError(f"audio units have 1 or 2 channels, got {header.channels}")
+        if header.kind == PayloadKind.PCM16:
+            if len(payload) % (2 * header.channels):
+                raise FrameError(f"{len(payload)} bytes is no whole number of PCM16 frames")
+            pcm = np.frombuffer(payload, "<i2").reshape(-1, header.channels)
+            return pcm.astype(np.float32) / 32768.0, tb.denominator
+        if header.kind == PayloadKind.OPUS:
+            if self._opus is None:
+                self._opus = av.CodecContext.create("libopus", "r")
+            try:
+                frames = self._opus.decode(av.Packet(bytes(payload)))
+            except av.error.FFmpegError as e:
+                raise FrameError(f"not an Opus packet: {e}") from None
+            parts = [f.to_ndarray().reshape(-1, f.layout.nb_channels) for f in frames]
+            if not parts:
+                return np.zeros((0, 1), np.float32), FRAME_RATE
+            data = np.concatenate(parts)
+            scale = 32768.0 if data.dtype == np.int16 else 1.0
+            return data.astype(np.float32) / scale, frames[0].sample_rate
+        raise FrameError(f"audio units are PCM16 or Opus, got {header.kind.name}")
 
 
 def _query(ws: ServerConnection) -> dict[str, list[str]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.audio import AudioPiece
+from engine.audio import AudioPiece, InputKind
 from engine.media import PhonemeMark
 
 
@@ -32,6 +32,7 @@ class ToneSpeaker:
     """
 
     channels = 1
+    takes: InputKind = "text"
     sample_rate = 1000
 
     def __init__(self) -> None:

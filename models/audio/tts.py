@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.audio import AudioPiece
+from engine.audio import AudioPiece, InputKind
 from engine.media import PhonemeMark
 from models.audio.chunker import ChunkerConfig, PhraseChunker
 from models.audio.phonemes import BOS, PAD, Backend, EspeakPhonemizer, phoneme_ids
@@ -84,6 +84,7 @@ class PiperSpeech:
     """An engine AudioGenerator (text in) over a PiperVoice."""
 
     channels = 1
+    takes: InputKind = "text"
 
     def __init__(
         self,

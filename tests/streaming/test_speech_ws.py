@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import time
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
@@ -19,7 +20,8 @@ from live import run, serving
 from test_websocket import Client, client
 
 from apps.server import SharedStreamFactory, load_voice
-from models.audio.asr import SpeechRecognizer, word_error_rate
+from engine.audio import AudioStream
+from models.audio.asr import SpeechRecognizer, resample_mono, word_error_rate
 from models.resolve import ModelOptions
 from streaming import wsproto
 from streaming.session import SpeechFactory
@@ -238,3 +240,51 @@ def test_voice_over_webrtc_is_heard_by_a_real_aiortc_peer(
     assert not loud[:20].any() and loud.any()  # silence, then the voice
     heard = SpeechRecognizer().transcribe(pcm, 48_000)
     assert word_error_rate(TEXT.split(".")[0], heard) <= 0.15, heard
+
+
+def test_microphone_units_come_back_converted(factory: SharedStreamFactory) -> None:
+    """A client sends a recorded voice as PCM16 audio units; the session converts it (WORLD)."""
+    from apps.server import load_converter
+    from models.audio.pitch import pitch_shift
+    from models.audio.tts import PiperSpeech, SpeechConfig
+
+    voice = PiperSpeech.load(config=SpeechConfig(noise_scale=0.0, noise_w=0.0))
+    stream = AudioStream(voice, clock=lambda: 0.0)
+    stream.feed_text(TEXT)
+    stream.end_input()
+    recorded = np.concatenate([c.samples[:, 0] for c in iter(stream.next_chunk, None)])
+    mic = resample_mono(recorded, voice.sample_rate, 48_000)
+    pcm = (np.clip(mic, -1, 1) * 32767).astype("<i2")
+
+    def unit(samples: bytes, pts: int, rate: int = 48_000) -> bytes:
+        header = wsproto.MediaHeader(
+            msg_type=MsgType.AUDIO, kind=PayloadKind.PCM16, pts=pts, time_base=Fraction(1, rate),
+            produced_us=0, payload_len=len(samples), stream_id=wsproto.AUDIO_STREAM, channels=1,
+        )  # fmt: skip
+        return wsproto.pack(header, samples)
+
+    async def body() -> tuple[list[tuple[wsproto.MediaHeader, bytes]], list[dict[str, Any]]]:
+        speech = load_converter(4.0, 1.0)
+        async with serving(factory, speech) as server, client(server.ws_url, {}) as c:
+            assert (await c.reply())["audio"]["channels"] == 1
+            errors = []
+            for bad in (b"\x00garbage", unit(b"\x00\x00" * 960, 0, rate=4_000)):
+                await c.send(bad)
+                errors.append(await c.reply())
+            await c.send({"type": "say", "text": "hello"})
+            errors.append(await c.reply())
+            for i in range(0, len(pcm), FRAME_SAMPLES):  # 20 ms units, a little faster than live
+                await c.send(unit(pcm[i : i + FRAME_SAMPLES].tobytes(), i))
+                await asyncio.sleep(0.01)
+            await collect_until_quiet(c, quiet=1.0, limit=20)
+            return audio_units(c), errors
+
+    units, errors = run(body(), timeout=60)
+    assert [e["code"] for e in errors] == ["bad_message", "bad_message", "no_audio"]
+    assert "time base" in errors[1]["message"] and "converts" in errors[2]["message"]
+    got = np.concatenate([np.frombuffer(p, "<i2") for _, p in units]).astype(np.float32) / 32768
+    assert len(got) > 0.8 * len(mic)
+    median, _ = pitch_shift(mic, 48_000, got, 48_000, delay=0.0)
+    assert median == pytest.approx(4.0, abs=0.6)
+    heard = SpeechRecognizer().transcribe(got, 48_000)
+    assert word_error_rate(TEXT, heard) <= 0.15, heard

@@ -515,6 +515,9 @@ class WithTone:
     async def next_frame(self) -> Any:
         return await self.session.next_frame()
 
+    def feed_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        self.session.feed_audio(samples, sample_rate)
+
     async def handle_control(self, message: str | bytes | dict[str, Any]) -> dict[str, Any]:
         return await self.session.handle_control(message)
 
