@@ -673,6 +673,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_tts_bench_arguments(bt)
     bt.set_defaults(func=tts_bench_command)
 
+    from bench.vc import add_vc_bench_arguments, vc_bench_command
+
+    bv = sub.add_parser(
+        "bench-vc", help="voice conversion: latency, block compute, RTF, pitch, WER (JSON)"
+    )
+    add_vc_bench_arguments(bv)
+    bv.set_defaults(func=vc_bench_command)
+
     sp = sub.add_parser("speak", help="text to speech with the streaming Piper voice (WAV)")
     add_speak_arguments(sp)
     sp.set_defaults(func=cmd_speak)

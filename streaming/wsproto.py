@@ -2,8 +2,9 @@
 
 Every binary WebSocket message from the server is one media unit: a fixed
 44-byte header in network byte order, then the payload. Text messages carry the
-JSON control protocol (streaming/control.py) in both directions; clients never
-send binary messages. docs/protocol.md has the table for implementers.
+JSON control protocol (streaming/control.py) in both directions; a client sends
+binary messages only as audio units (a microphone, for sessions that convert
+audio). docs/protocol.md has the table for implementers.
 
 Header (v1, 44 bytes, big-endian)::
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from apps.cli import main
 
 
@@ -26,3 +28,13 @@ def test_bench_tts_writes_its_measures_as_json(tmp_path: Path) -> None:
     assert w["continuous"]["seconds_received"] >= 2 and w["continuous"]["pts_jumps"] <= 2
     assert 0 <= w["intelligibility"]["wer"] <= 1
     assert len(w["barge_in_s"]["all"]) == 2 and w["barge_in_s"]["max"] < 2.0
+
+
+def test_bench_vc_measures_latency_pitch_and_wer(tmp_path: Path) -> None:
+    out = tmp_path / "vc.json"
+    assert main(["bench-vc", "--sentences", "2", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["algorithmic_latency_s"] == 0.09 and r["block_compute_s"]["blocks"] > 20
+    assert r["pitch"]["measured_semitones"] == pytest.approx(4.0, abs=0.6)
+    assert 0 <= r["wer"]["input"] <= 1 and 0 <= r["wer"]["output"] <= 1
+    assert r["real_time_factor"] > 0 and r["env"]["cpu_model"]
