@@ -175,17 +175,30 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--piece", type=float, default=0.02, help="seconds fed at a time, as a live input would"
     )
+    p.add_argument(
+        "--onnx",
+        type=Path,
+        help="a user's ONNX converter instead of WORLD (contract in docs/audio.md)",
+    )
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
     import av
 
     from models.audio.dsp_vc import ConverterConfig, WorldVoiceConverter
+    from models.audio.onnx_vc import OnnxVoiceConverter
 
     if not a.input.exists():
         raise FileNotFoundError(f"no audio file at {a.input}")
-    config = ConverterConfig(semitones=a.semitones, formant=a.formant)
-    vc = WorldVoiceConverter(config)
+    vc: WorldVoiceConverter | OnnxVoiceConverter
+    if a.onnx is not None:
+        vc = OnnxVoiceConverter(a.onnx)
+        rate, latency, what = vc.sample_rate, vc.latency, a.onnx.name
+    else:
+        config = ConverterConfig(semitones=a.semitones, formant=a.formant)
+        vc = WorldVoiceConverter(config)
+        rate, latency = config.sample_rate, config.latency
+        what = f"{a.semitones:+.1f} semitones, formant x{a.formant:.2f}"
     try:
         container = av.open(str(a.input))
     except av.error.FFmpegError as e:
@@ -193,7 +206,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
     with container:
         if not container.streams.audio:
             raise ValueError(f"{a.input} has no audio stream")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=config.sample_rate)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         pieces = []
         for frame in container.decode(audio=0):
             pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
@@ -201,26 +214,24 @@ def cmd_convert(a: argparse.Namespace) -> int:
     x = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     if not len(x):
         raise ValueError(f"{a.input} holds no audio samples")
-    step = max(1, round(a.piece * config.sample_rate))
+    step = max(1, round(a.piece * rate))
     out = []
     t0 = time.perf_counter()
     for i in range(0, len(x), step):
-        vc.feed_audio(x[i : i + step], config.sample_rate)
+        vc.feed_audio(x[i : i + step], rate)
         while (piece := vc.next_piece()) is not None:
             out.append(piece.samples)
         if (i // step) % 50 == 0:
-            done = i / config.sample_rate
-            _progress_line(f"{done:6.1f} / {len(x) / config.sample_rate:.1f} s converted")
+            _progress_line(f"{i / rate:6.1f} / {len(x) / rate:.1f} s converted")
     vc.end_input()
     while (piece := vc.next_piece()) is not None:
         out.append(piece.samples)
     y = np.concatenate(out)
-    _write_wav(a.out, y, config.sample_rate)
+    _write_wav(a.out, y, rate)
     wall = time.perf_counter() - t0
     _progress_line(
-        f"wrote {a.out}: {len(y) / config.sample_rate:.2f} s, {a.semitones:+.1f} semitones, "
-        f"formant x{a.formant:.2f}, algorithmic latency {config.latency * 1000:.0f} ms, "
-        f"real-time factor {wall / (len(y) / config.sample_rate):.3f}",
+        f"wrote {a.out}: {len(y) / rate:.2f} s, {what}, algorithmic latency "
+        f"{latency * 1000:.0f} ms, real-time factor {wall / (len(y) / rate):.3f}",
         final=True,
     )
     return 0

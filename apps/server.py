@@ -103,8 +103,9 @@ class ServerConfig:
     # "default" (that voice, or an error naming what to install), "none", or a Piper .onnx path
     voice: str = "auto"
     voice_threads: int = 2  # ONNX Runtime threads of the voice
-    # sessions convert microphone audio instead of speaking text: (semitones, formant)
-    convert: tuple[float, float] | None = None
+    # sessions convert microphone audio instead of speaking text: WORLD (semitones, formant)
+    # or a user's ONNX converter (a Path; models/audio/onnx_vc.py)
+    convert: tuple[float, float] | Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("port", "ws_port"):
@@ -501,27 +502,46 @@ def load_voice(voice: str, threads: int) -> SpeechFactory | None:
     return factory
 
 
-def parse_convert(text: str) -> tuple[float, float]:
-    """ "world", "world:+4" or "world:-3:0.9" -> (semitones, formant) (argparse type)."""
-    kind, *rest = text.split(":")
+ConvertSpec = tuple[float, float] | Path  # WORLD (semitones, formant), or a user's ONNX file
+
+
+def parse_convert(text: str) -> ConvertSpec:
+    """ "world", "world:+4", "world:-3:0.9" -> (semitones, formant); "onnx:PATH" -> PATH."""
+    kind, _, rest = text.partition(":")
+    if kind == "onnx" and rest:
+        return Path(rest)
+    parts = rest.split(":") if rest else []
     try:
-        if kind != "world" or len(rest) > 2:
+        if kind != "world" or len(parts) > 2:
             raise ValueError
-        semitones = float(rest[0]) if rest else ConverterSettings().semitones
-        formant = float(rest[1]) if len(rest) > 1 else 1.0
+        semitones = float(parts[0]) if parts else ConverterSettings().semitones
+        formant = float(parts[1]) if len(parts) > 1 else 1.0
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--convert takes world[:SEMITONES[:FORMANT]], e.g. world:+4:1.1; got {text!r}"
+            "--convert takes world[:SEMITONES[:FORMANT]] (e.g. world:+4:1.1) or onnx:PATH; "
+            f"got {text!r}"
         ) from None
     return semitones, formant
 
 
-def load_converter(semitones: float, formant: float) -> SpeechFactory:
-    """A factory of WORLD voice converters (each session its own state)."""
+def load_converter(spec: ConvertSpec) -> SpeechFactory:
+    """A factory of voice converters, each session with its own state; the first is built
+    now, so a missing package or a model off the contract fails at startup, not per session."""
+    if isinstance(spec, Path):
+        from models.audio.onnx_vc import OnnxVoiceConverter
+
+        OnnxVoiceConverter(spec)
+        log.info("sessions convert the microphone with %s", spec)
+
+        def onnx_factory(params: StartParams) -> OnnxVoiceConverter:
+            return OnnxVoiceConverter(spec)
+
+        return onnx_factory
     from models.audio.dsp_vc import ConverterConfig, WorldVoiceConverter
 
+    semitones, formant = spec
     config = ConverterConfig(semitones=semitones, formant=formant)
-    WorldVoiceConverter(config)  # fail now, naming the missing package, not per session
+    WorldVoiceConverter(config)
     log.info("sessions convert the microphone: %+.1f semitones, formant x%.2f", semitones, formant)
 
     def factory(params: StartParams) -> WorldVoiceConverter:
@@ -649,7 +669,7 @@ def run_server(
         speech: SpeechFactory | None
         try:
             if config.convert is not None:
-                speech = load_converter(*config.convert)
+                speech = load_converter(config.convert)
             else:
                 speech = await asyncio.to_thread(load_voice, config.voice, config.voice_threads)
         except Exception:
@@ -718,9 +738,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--convert",
         type=parse_convert,
-        metavar="world[:SEMITONES[:FORMANT]]",
+        metavar="world[:SEMITONES[:FORMANT]]|onnx:PATH",
         help="sessions convert the client's microphone (WebRTC audio or WebSocket audio units) "
-        "with WORLD instead of speaking text, e.g. world:+4:1.1 (default: off)",
+        "instead of speaking text: WORLD, e.g. world:+4:1.1, or a user's ONNX converter "
+        "(contract in docs/audio.md), e.g. onnx:vc.onnx (default: off)",
     )
     p.add_argument(
         "--ws-audio-codec",

@@ -264,7 +264,7 @@ def test_microphone_units_come_back_converted(factory: SharedStreamFactory) -> N
         return wsproto.pack(header, samples)
 
     async def body() -> tuple[list[tuple[wsproto.MediaHeader, bytes]], list[dict[str, Any]]]:
-        speech = load_converter(4.0, 1.0)
+        speech = load_converter((4.0, 1.0))
         async with serving(factory, speech) as server, client(server.ws_url, {}) as c:
             assert (await c.reply())["audio"]["channels"] == 1
             errors = []
