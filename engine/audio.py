@@ -18,8 +18,8 @@ Usage (a worker thread; the session never calls ``next_piece`` on its event loop
 pts count samples at the generator's rate from the stream's start. Speech is
 not continuous: when a piece is made after the previous one has finished
 playing (``clock`` says so), its pts jump to the clock's now (a gap of
-silence), so audio never plays late to keep an old timeline; otherwise it
-follows the previous piece back to back.
+silence; plus ``start_margin``), so audio never plays late to keep an old
+timeline; otherwise it follows the previous piece back to back.
 """
 
 from __future__ import annotations
@@ -124,8 +124,13 @@ class AudioStream:
         *,
         clock: Callable[[], float] = time.monotonic,
         start_time: float | None = None,
+        start_margin: float = 0.0,
     ) -> None:
         self.generator = generator
+        # seconds between "now" and a piece that starts after silence: room for the next
+        # pieces of a generator paced by its input (a converter makes one per input block,
+        # just in time), so the jitter of its compute does not open gaps
+        self.start_margin = start_margin
         self.sample_rate = generator.sample_rate
         self.time_base = Fraction(1, self.sample_rate)
         self.clock = clock
@@ -177,7 +182,7 @@ class AudioStream:
             now = self.now_pts()
             if self._next_pts < now:  # the previous audio has played out: start now
                 s.underruns += int(self._speaking)
-                self._next_pts = now
+                self._next_pts = now + round(self.start_margin * self.sample_rate)
             pts = self._next_pts
             self._next_pts += len(samples)
             if self._input_since is not None:

@@ -59,6 +59,9 @@ class SpeechConfig:
 
     lead: float = 0.06  # seconds of audio made and sent before it is due (bounds barge-in)
     generate_ahead: float = 0.5  # seconds the generator may run ahead of the clock
+    # a converter's output starts this long after it is made: its blocks come just in time
+    # (one per input block), and this absorbs their compute jitter instead of gaps
+    input_margin: float = 0.04
 
     def __post_init__(self) -> None:
         if not 0 <= self.lead <= self.generate_ahead:
@@ -88,7 +91,10 @@ class SessionSpeech:
     ) -> None:
         self.id = session_id
         self.config = config or SpeechConfig()
-        self.stream = AudioStream(generator, clock=time.monotonic, start_time=start_time)
+        margin = self.config.input_margin if generator.takes == "audio" else 0.0
+        self.stream = AudioStream(
+            generator, clock=time.monotonic, start_time=start_time, start_margin=margin
+        )
         self.epoch = 0  # bumped by cancel
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"voice-{session_id}")
         self._chunks: asyncio.Queue[AudioChunk | None] = asyncio.Queue()

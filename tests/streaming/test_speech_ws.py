@@ -288,3 +288,100 @@ def test_microphone_units_come_back_converted(factory: SharedStreamFactory) -> N
     assert median == pytest.approx(4.0, abs=0.6)
     heard = SpeechRecognizer().transcribe(got, 48_000)
     assert word_error_rate(TEXT, heard) <= 0.15, heard
+
+
+class RecordedVoice:
+    """An aiortc audio track that plays a recording in real time: 20 ms s16 frames at 48 kHz."""
+
+    kind = "audio"
+
+    def __init__(self, pcm: np.ndarray) -> None:
+        from aiortc.mediastreams import MediaStreamTrack
+
+        class Track(MediaStreamTrack):
+            kind = "audio"
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.sent = 0
+                self.t0: float | None = None
+                self.loud_at: float | None = None  # wall time the first loud frame left
+
+            async def recv(self) -> av.AudioFrame:
+                if self.t0 is None:
+                    self.t0 = time.monotonic()
+                await asyncio.sleep(max(0.0, self.t0 + self.sent / 48_000 - time.monotonic()))
+                piece = pcm[self.sent : self.sent + FRAME_SAMPLES]
+                piece = np.pad(piece, (0, FRAME_SAMPLES - len(piece)))
+                if self.loud_at is None and np.abs(piece).max() > 3000:
+                    self.loud_at = time.monotonic()
+                frame = av.AudioFrame.from_ndarray(piece[None].astype(np.int16), layout="mono")
+                frame.sample_rate, frame.pts = 48_000, self.sent
+                frame.time_base = Fraction(1, 48_000)
+                self.sent += FRAME_SAMPLES
+                return frame
+
+        self.track = Track()
+
+
+def test_a_real_aiortc_client_hears_its_voice_converted(factory: SharedStreamFactory) -> None:
+    """Microphone over WebRTC (a recorded sentence), back converted on the session's track."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamTrack
+    from test_webrtc import wait_until
+
+    from apps.server import load_converter
+    from models.audio.pitch import pitch_shift
+    from models.audio.tts import PiperSpeech, SpeechConfig
+    from streaming.session import SessionManager
+    from streaming.webrtc import WebRTCConfig, WebRTCGateway, ice_host_addresses
+
+    voice = PiperSpeech.load(config=SpeechConfig(noise_scale=0.0, noise_w=0.0))
+    stream = AudioStream(voice, clock=lambda: 0.0)
+    stream.feed_text(TEXT.split(".")[0] + ".")
+    stream.end_input()
+    recorded = np.concatenate([c.samples[:, 0] for c in iter(stream.next_chunk, None)])
+    mic = resample_mono(recorded, voice.sample_rate, 48_000)
+    pcm = (np.clip(np.concatenate([np.zeros(24_000), mic, np.zeros(48_000)]), -1, 1) * 32767)
+    source = RecordedVoice(pcm.astype(np.int16))
+
+    async def body() -> tuple[np.ndarray, float]:
+        manager = SessionManager(factory, max_sessions=1, speech_factory=load_converter((4.0, 1.0)))
+        gateway = WebRTCGateway(WebRTCConfig(host_addresses=("127.0.0.1",)))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            session = await manager.open({"prompt": "a cat"})
+            pc.addTransceiver("video", direction="recvonly")
+            pc.addTransceiver(source.track, direction="sendrecv")
+            tracks: dict[str, MediaStreamTrack] = {}
+            pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
+            with ice_host_addresses(["127.0.0.1"]):
+                await pc.setLocalDescription(await pc.createOffer())
+            sdp, type_ = await gateway.answer(pc.localDescription.sdp, "offer", session)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp, type_))
+            await wait_until(lambda: "audio" in tracks, 10, "the converted audio track")
+            got, heard_at = [], None
+            end = time.monotonic() + len(pcm) / 48_000 + 3
+            while time.monotonic() < end:
+                frame = await asyncio.wait_for(tracks["audio"].recv(), 5)
+                samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
+                if heard_at is None and np.abs(samples).max() > 3000:
+                    heard_at = time.monotonic()
+                got.append(samples)
+            assert heard_at is not None and source.track.loud_at is not None
+            return np.concatenate(got).astype(np.float32) / 32768, heard_at - source.track.loud_at
+        finally:
+            await pc.close()
+            await gateway.close()
+            await manager.close_all()
+
+    got, delay = run(body(), timeout=60)
+    # end to end on loopback: algorithmic 90 ms + compute + two Opus hops (measured, not
+    # asserted tightly here: bench-vc and the issue notes carry the number)
+    assert 0.05 < delay < 1.0, delay
+    speech = got[max(0, int(np.argmax(np.abs(got) > 0.1)) - 4800) :]
+    median, _ = pitch_shift(mic, 48_000, speech, 48_000, delay=None)
+    assert median == pytest.approx(4.0, abs=0.8)
+    heard = SpeechRecognizer().transcribe(speech, 48_000)
+    assert word_error_rate(TEXT.split(".")[0], heard) <= 0.2, heard
+    print(f"end-to-end delay {delay * 1000:.0f} ms")
