@@ -11,7 +11,7 @@ const ui = {
   seed: $("seed"), steps: $("steps"), apply: $("apply"), token: $("token"),
   connect: $("connect"), disconnect: $("disconnect"),
   audio: $("audio"), say: $("say"), sayForm: $("say-form"), speak: $("speak"), hush: $("hush"),
-  voice: $("stat-voice"),
+  voice: $("stat-voice"), mic: $("mic"),
   fps: $("stat-fps"), latency: $("stat-latency"), ttff: $("stat-ttff"), decoded: $("stat-decoded"),
   serverFps: $("stat-server-fps"), dropped: $("stat-dropped"), promptNow: $("stat-prompt"),
 };
@@ -40,6 +40,7 @@ const state = {
   lastSpeakingAt: null, // performance.now() when the voice was last heard
   audioFrames: 0, // meter readings taken (20 ms each)
   speakAt: null, hushAt: null, // performance.now() of the last Speak / Stop speaking click
+  micSending: false, // the page sends its microphone
 };
 window.framecast = { state, connect, disconnect, send };
 
@@ -49,6 +50,7 @@ let timers = [];
 let msgId = 0;
 let lastInbound = null;
 let audioCtx = null;
+let micStream = null;
 
 function log(line) {
   const t = new Date().toISOString().slice(11, 23);
@@ -110,7 +112,19 @@ async function connect() {
   // No STUN/TURN servers: the server answers with its host candidates.
   pc = new RTCPeerConnection({ iceServers: [] });
   pc.addTransceiver("video", { direction: "recvonly" });
-  pc.addTransceiver("audio", { direction: "recvonly" }); // inactive if the server has no voice
+  if (ui.mic.checked) {
+    // the microphone goes up, the converted voice comes back on the same transceiver
+    try {
+      micStream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      pc.addTransceiver(micStream.getAudioTracks()[0], { direction: "sendrecv", streams: [micStream] });
+      state.micSending = true;
+    } catch (e) {
+      log(`microphone unavailable: ${e.message || e}`);
+      pc.addTransceiver("audio", { direction: "recvonly" });
+    }
+  } else {
+    pc.addTransceiver("audio", { direction: "recvonly" }); // inactive if the server has no voice
+  }
   channel = pc.createDataChannel("control");
   channel.onopen = () => { log("control channel open"); requestStats(); };
   channel.onmessage = (ev) => onControlReply(ev.data);
@@ -313,6 +327,8 @@ function teardown(phase, detail) {
   ui.video.srcObject = null;
   ui.audio.srcObject = null;
   if (audioCtx) { audioCtx.close(); audioCtx = null; }
+  if (micStream) { micStream.getTracks().forEach((t) => t.stop()); micStream = null; }
+  state.micSending = false;
   setPhase(phase, detail);
 }
 

@@ -153,6 +153,33 @@ def test_page_streams_switches_and_shows_fps_in_chromium(tmp_path: Path) -> None
     assert time.perf_counter() - t0 < CHILD_TIMEOUT
 
 
+def test_page_sends_a_fake_microphone_that_comes_back_converted(tmp_path: Path) -> None:
+    """--use-fake-device-for-media-stream with a WAV of speech: the server converts it (WORLD)
+    and the page's analyser hears the converted voice."""
+    _chromium()
+    pytest.importorskip("playwright.async_api")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [*_netns_prefix(), sys.executable, __file__, "--child-mic", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
+    result_path = tmp_path / "result.json"
+    assert proc.returncode == 0 and result_path.exists(), (
+        f"browser child failed (rc {proc.returncode}):\n"
+        f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
+    r: dict[str, Any] = json.loads(result_path.read_text())
+    assert r["mic_sending"] is True, r
+    assert r["heard_speaking"] is True, r
+    audio = r["server"]
+    assert audio["input_seconds"] > 2 and audio["audio_seconds"] > 2, audio
+    assert audio["says"] == 0  # the voice came from the microphone, not from text
+
+
 # ---- the child: server + Chromium inside the namespace ----
 
 
@@ -320,6 +347,72 @@ async def _child(out: Path) -> None:
         (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
 
 
+async def _child_mic(out: Path) -> None:
+    import wave
+
+    import numpy as np
+    from playwright.async_api import async_playwright
+
+    from apps.server import ServerConfig, SharedStreamFactory, load_converter, start_server
+    from engine.audio import AudioStream
+    from models.audio.tts import PiperSpeech
+    from models.resolve import ModelOptions
+
+    voice = PiperSpeech.load()
+    stream = AudioStream(voice, clock=lambda: 0.0)
+    stream.feed_text(SAY_TEXT)
+    stream.end_input()
+    speech = np.concatenate([c.samples[:, 0] for c in iter(stream.next_chunk, None)])
+    wav = out / "mic.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(voice.sample_rate)
+        w.writeframes((np.clip(speech, -1, 1) * 32767).astype("<i2").tobytes())
+    factory = await asyncio.to_thread(
+        SharedStreamFactory, ModelOptions(model="nano", height=64, width=64, fps=16)
+    )
+    handle = await start_server(
+        ServerConfig(port=0, ice_loopback=True), factory, load_converter((4.0, 1.0))
+    )
+    url = f"{handle.http_url}/"
+    result: dict[str, Any] = {}
+    try:
+        async with async_playwright() as p:
+            context = await p.chromium.launch_persistent_context(
+                tempfile.mkdtemp(prefix="fc-chromium-"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=[
+                    *CHROMIUM_FLAGS,
+                    "--use-fake-ui-for-media-stream",
+                    "--use-fake-device-for-media-stream",
+                    f"--use-file-for-fake-audio-capture={wav}",
+                ],
+            )
+            await context.grant_permissions(["camera", "microphone"], origin=url.rstrip("/"))
+            page = await context.new_page()
+            await page.goto(url)
+            await page.check("#mic")
+            await page.click("#connect")
+            state = "window.framecast.state"
+            await _poll(lambda: page.evaluate(f"{state}.phase === 'connected'"), 15, "connected")
+            result["mic_sending"] = await page.evaluate(f"{state}.micSending")
+            with contextlib.suppress(TimeoutError):
+                await _poll(lambda: page.evaluate(f"{state}.speaking"), 10, "the converted voice")
+            result["heard_speaking"] = await page.evaluate(f"{state}.lastSpeakingAt !== null")
+            await asyncio.sleep(2.0)
+            result["server"] = handle.manager.sessions()[0].stats().get("audio")
+            await context.close()
+    finally:
+        await handle.stop()
+        (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
     _loopback_up()
     asyncio.run(_child(Path(sys.argv[2])))
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--child-mic"]:
+    _loopback_up()
+    asyncio.run(_child_mic(Path(sys.argv[2])))
