@@ -306,7 +306,6 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         sentences = HELD_OUT_SENTENCES[: a.sentences]
         result["intelligibility"] = intelligibility(speech, recognizer, sentences)
     if a.transport == "ws":
-        del speech
         result["websocket"] = asyncio.run(over_websocket(a))
     return result
 
