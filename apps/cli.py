@@ -476,7 +476,9 @@ def cmd_train_resume(a: argparse.Namespace) -> int:
         from bench.learning_curves import checkpoint_scores
 
         def evaluate(checkpoint: Path, step: int) -> dict[str, object]:
-            return checkpoint_scores(checkpoint, job.autoencoder, prompts=job.eval_prompts)
+            return checkpoint_scores(
+                checkpoint, job.autoencoder, prompts=job.eval_prompts, sampler=job.sampler
+            )
 
     if a.threads:
         import torch
@@ -499,7 +501,7 @@ def cmd_train_resume(a: argparse.Namespace) -> int:
 def cmd_train_bundle(a: argparse.Namespace) -> int:
     from models.train.bundle import write_bundle
 
-    write_bundle(a.autoencoder, a.generator, a.out)
+    write_bundle(a.autoencoder, a.generator, a.out, sampler=a.sampler)
     log.info("wrote the embedded bundle %s", a.out)
     return 0
 
@@ -509,6 +511,10 @@ def _progress(report: object) -> None:
 
 
 def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
+    from typing import get_args
+
+    from engine.schedule import Sampler
+    from models.train.bundle import DEFAULT_SAMPLER
     from models.train.generator import GeneratorTrainConfig
     from models.train.latents import LatentSetConfig
 
@@ -616,6 +622,12 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
         help="a `train generator` --out folder or a job's checkpoint folder",
     )
     tb.add_argument("--out", type=Path, default=Path("models/weights/world"))
+    tb.add_argument(
+        "--sampler",
+        choices=get_args(Sampler),
+        default=DEFAULT_SAMPLER,
+        help="the step rule the bundle streams with (a training job's is its job.json 'sampler')",
+    )
     tb.set_defaults(func=cmd_train_bundle)
 
 

@@ -29,8 +29,9 @@ import torch
 from bench.env import environment
 from bench.eval.evaluate import adherence
 from bench.eval.sources import EngineSource
+from engine.schedule import Sampler
 from models.resolve import ModelOptions
-from models.train.bundle import write_bundle
+from models.train.bundle import DEFAULT_SAMPLER, write_bundle
 from models.train.generator import GeneratorTrainConfig, GeneratorTrainer
 from models.world import heldout_prompts
 
@@ -44,16 +45,18 @@ def checkpoint_scores(
     prompts: int = 24,
     frames: int = 32,
     steps: tuple[int, ...] | None = None,
+    sampler: Sampler = DEFAULT_SAMPLER,
 ) -> dict[str, Any]:
     """Held-out adherence (percent) of a checkpoint's EMA weights, streamed by the engine."""
     with tempfile.TemporaryDirectory(prefix="framecast-curve-") as tmp:
         bundle = Path(tmp) / "bundle"
-        write_bundle(autoencoder, checkpoint, bundle)
+        write_bundle(autoencoder, checkpoint, bundle, sampler=sampler)
         source = EngineSource(ModelOptions(model=str(bundle), steps=steps), name="curve")
         result = adherence(source, heldout_prompts(prompts), frames=frames)
     scores: dict[str, Any] = {k: result.accuracy[k] for k in (*SCORES, "size", "count")}
     scores["presence"] = result.consistency.presence_pct
     scores["prompts"] = prompts
+    scores["sampler"] = sampler
     return scores
 
 

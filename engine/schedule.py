@@ -18,6 +18,7 @@ from typing import Literal
 from torch import Tensor
 
 NUM_TRAIN_TIMESTEPS = 1000
+Sampler = Literal["renoise", "euler"]  # a denoising step rule: see FlowSchedule.sampler
 
 
 def shift_sigma(u: float, shift: float) -> float:
@@ -37,9 +38,11 @@ class FlowSchedule:
     # predict x0, then noise it afresh to the next level; right for distilled
     # few-step generators. "euler": the deterministic flow ODE step
     # x += (sigma_next - sigma) * flow, which keeps what earlier steps decided
-    # (where an object is) instead of redrawing it; right for models trained
-    # with plain flow matching, such as the embedded defaults.
-    sampler: Literal["renoise", "euler"] = "renoise"
+    # (where an object is) instead of redrawing it. For generators trained with
+    # plain flow matching neither rule wins everywhere: the shipped embedded
+    # model scores better with euler, the patch-(1,4,4) job's with renoise, so
+    # a bundle records the rule measured for it (docs/models/world.md).
+    sampler: Sampler = "renoise"
 
     def __post_init__(self) -> None:
         if self.sampler not in ("renoise", "euler"):

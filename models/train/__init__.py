@@ -1,8 +1,8 @@
 """Training on the procedural world: seeded clip batches and the TAEHV-style autoencoder.
 
-    from models.train import TrainConfig, train_autoencoder
+from models.train import TrainConfig, train_autoencoder
 
-    metrics = train_autoencoder(TrainConfig(steps=200, out=Path("out/taehv")))
+metrics = train_autoencoder(TrainConfig(steps=200, out=Path("out/taehv")))
 """
 
 from models.train.autoencoder import (

@@ -11,16 +11,26 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from engine.schedule import Sampler
 from models.embedded import BUNDLE_FILE
 from models.train.autoencoder import DECODER_FILE, ENCODER_FILE, SIDECAR_FILE
 from models.train.generator import CHECKPOINT_STATE, GENERATOR_EMA_FILE, GENERATOR_SIDECAR
 
 SINKS = 1  # attention-sink latent frames of the embedded default
+# The step rule a bundle streams with unless told otherwise: the deterministic flow
+# ODE suited the patch-(1,2,2) generators; which rule suits a generator is measured
+# (the training job records its own in job.json: see docs/models/world.md).
+DEFAULT_SAMPLER: Sampler = "euler"
 
 
-def stream_defaults(generator_config: dict[str, Any], size: int, fps: int = 16) -> dict[str, Any]:
+def stream_defaults(
+    generator_config: dict[str, Any],
+    size: int,
+    fps: int = 16,
+    sampler: Sampler = DEFAULT_SAMPLER,
+) -> dict[str, Any]:
     frames, block = generator_config["frames"], generator_config["block_frames"]
     return {
         "height": size,
@@ -29,7 +39,7 @@ def stream_defaults(generator_config: dict[str, Any], size: int, fps: int = 16) 
         "steps": list(generator_config["sample_steps"]),
         "shift": generator_config["shift"],
         "context_step": 0,
-        "sampler": "euler",  # plain flow matching, not distilled: see FlowSchedule.sampler
+        "sampler": sampler,
         "block_frames": block,
         "sinks": SINKS,
         "window": frames - SINKS - block,
@@ -51,12 +61,17 @@ def _record(folder: Path, names: tuple[str, ...]) -> dict[str, Any]:
     raise FileNotFoundError(f"{folder} has none of {', '.join(names)}")
 
 
-def write_bundle(autoencoder: Path, generator: Path, out: Path) -> dict[str, Any]:
+def write_bundle(
+    autoencoder: Path, generator: Path, out: Path, *, sampler: Sampler = DEFAULT_SAMPLER
+) -> dict[str, Any]:
     """Copy the weights into ``out`` and write its ``bundle.json``; returns that JSON.
 
     ``autoencoder``: a `train decoder` run or a bundle (its decoder and encoder are
     reused). ``generator``: a `train generator` run or a job's checkpoint folder.
+    ``sampler``: the step rule the bundle streams with by default.
     """
+    if sampler not in get_args(Sampler):
+        raise ValueError(f"sampler must be one of {get_args(Sampler)}, got {sampler!r}")
     ae = _record(autoencoder, (SIDECAR_FILE, BUNDLE_FILE))
     gen = _record(generator, (GENERATOR_SIDECAR, CHECKPOINT_STATE))
     if "taehv" not in ae or "wan" not in gen:
@@ -72,7 +87,7 @@ def write_bundle(autoencoder: Path, generator: Path, out: Path) -> dict[str, Any
         "taehv": ae["taehv"],
         "latent_mean": gen["latent_mean"],
         "latent_std": gen["latent_std"],
-        "defaults": stream_defaults(gen["config"], size),
+        "defaults": stream_defaults(gen["config"], size, sampler=sampler),
         "training": {
             "autoencoder": _summary(ae.get("training", {}).get("autoencoder", ae)),
             "generator": _summary(gen),

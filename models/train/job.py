@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.schedule import Sampler
 from models.train.autoencoder import hardware
+from models.train.bundle import DEFAULT_SAMPLER
 from models.train.generator import CHECKPOINT_STATE, GeneratorTrainConfig, GeneratorTrainer
 from models.train.latents import LatentSetConfig
 
@@ -55,6 +57,7 @@ class TrainingJob:
     save_minutes: float = 10.0
     eval_every: int = 1000  # steps between held-out evaluations (0: never)
     eval_prompts: int = 16
+    sampler: Sampler = DEFAULT_SAMPLER  # the step rule its evaluations and bundles use
     note: str = ""
 
     @property
@@ -75,6 +78,7 @@ class TrainingJob:
             "save_minutes": self.save_minutes,
             "eval_every": self.eval_every,
             "eval_prompts": self.eval_prompts,
+            "sampler": self.sampler,
             "note": self.note,
         }
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from fakes import fake_latent_set
 
 from models.embedded import load_bundle
-from models.resolve import ModelOptions, build_stream
+from models.resolve import ModelOptions, build_stream, resolve
 from models.train.autoencoder import TrainConfig, train_autoencoder
 from models.train.bundle import write_bundle
 from models.train.generator import ClipSampler, GeneratorTrainConfig, train_generator
@@ -50,6 +51,13 @@ def test_short_run_learns_and_bundles_into_a_stream(tmp_path: Path) -> None:
     assert ae["loss_final"] > 0
     meta = write_bundle(tmp_path / "ae", tmp_path / "gen", tmp_path / "bundle")
     assert meta["defaults"]["window"] == 6 - 1 - 1 and meta["defaults"]["height"] == 32
+    assert resolve(ModelOptions(model=str(tmp_path / "bundle"))).stream.schedule.sampler == "euler"
+    # a bundle carries the step rule measured for its generator, and streams with it
+    write_bundle(tmp_path / "ae", tmp_path / "gen", tmp_path / "renoise", sampler="renoise")
+    chosen = resolve(ModelOptions(model=str(tmp_path / "renoise"))).stream.schedule
+    assert chosen.sampler == "renoise"
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        write_bundle(tmp_path / "ae", tmp_path / "gen", tmp_path / "bad", sampler="ddim")  # type: ignore[arg-type]
     bundle = load_bundle(tmp_path / "bundle")
     trained = bundle.generator()
     assert trained.config.dim == 64

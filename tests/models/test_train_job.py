@@ -138,6 +138,7 @@ def test_committed_job_is_valid() -> None:
     job = load_job(ROOT / "training" / "world")
     assert job.recipe.preset in ("tiny", "tiny-p4")
     assert job.total_steps > 0
+    assert job.sampler in ("euler", "renoise")
 
 
 def test_cli_resume_saves_on_sigterm(tmp_path: Path) -> None:
