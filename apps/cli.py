@@ -704,6 +704,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_vc_bench_arguments(bv)
     bv.set_defaults(func=vc_bench_command)
 
+    from bench.av_sync import add_av_sync_arguments, av_sync_command
+
+    ba = sub.add_parser(
+        "bench-av-sync",
+        help="audio/video skew of one session at a real websockets client over minutes (JSON)",
+    )
+    add_av_sync_arguments(ba)
+    ba.set_defaults(func=av_sync_command)
+
     sp = sub.add_parser("speak", help="text to speech with the streaming Piper voice (WAV)")
     add_speak_arguments(sp)
     sp.set_defaults(func=cmd_speak)

@@ -178,6 +178,9 @@ class PacingClock:
     The first frame after start, resume or restart anchors the clock. A frame
     that comes later than ``max_late`` after its due time re-anchors it: the
     stream carries on in real time from now rather than bursting to catch up.
+    ``needs_anchor`` + ``anchor`` let the owner choose the anchor's wall time
+    (LiveSession puts it on a frame tick of the session clock); ``due`` alone
+    anchors at ``now``.
     """
 
     def __init__(self, max_late: float) -> None:
@@ -188,16 +191,53 @@ class PacingClock:
     def reset(self) -> None:
         self._anchor = None
 
-    def due(self, media_time: float, now: float) -> float:
+    def needs_anchor(self, media_time: float, now: float) -> bool:
+        """True before the first frame of a run, or when this one is over ``max_late`` late."""
         if self._anchor is None:
-            self._anchor = (now, media_time)
+            return True
         wall0, t0 = self._anchor
-        due = wall0 + (media_time - t0)
-        if now - due > self.max_late:
-            self._anchor = (now, media_time)
+        if now - (wall0 + media_time - t0) > self.max_late:
             self.reanchors += 1
-            due = now
-        return due
+            return True
+        return False
+
+    def anchor(self, wall: float, media_time: float) -> None:
+        """``media_time`` is due at ``wall``; later frames follow it in real time."""
+        self._anchor = (wall, media_time)
+
+    def due(self, media_time: float, now: float) -> float:
+        if self.needs_anchor(media_time, now):
+            self.anchor(now, media_time)
+        assert self._anchor is not None
+        wall0, t0 = self._anchor
+        return wall0 + (media_time - t0)
+
+
+@dataclass(frozen=True)
+class SessionClock:
+    """The one clock of a session's audio and video (issue 14: "one clock").
+
+    Media stamped with time ``t`` (seconds since the session opened, on the
+    event loop's clock, ``time.monotonic``) is sent at ``origin + t - lead``:
+    both the voice (SessionSpeech, whose frames go out ``lead`` early so a
+    client can ride out jitter) and the video, whose pts LiveSession derives
+    from this clock at every (re)anchor instead of counting from 0. So a frame
+    and the audio that plays with it carry the same time, whatever the time to
+    first frame, a pause or a stall was; a client (or WebRTC's RTCP sender
+    reports, which map each stream's timestamps to the time it was sent) lines
+    them up from the timestamps alone.
+    """
+
+    origin: float  # time.monotonic() when the session opened
+    lead: float = 0.0  # seconds media is sent before its time (the voice's lead)
+
+    def media_time(self, wall: float) -> float:
+        """The session time of media sent at ``wall``."""
+        return wall - self.origin + self.lead
+
+    def send_time(self, media_time: float) -> float:
+        """When media of session time ``media_time`` is sent."""
+        return self.origin + media_time - self.lead
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +296,10 @@ class LiveSession:
         opened_at: float,
         on_close: Callable[[LiveSession], None],
         speech: SessionSpeech | None = None,
+        clock: SessionClock | None = None,
     ) -> None:
         self.id = session_id
+        self.clock = clock or SessionClock(origin=time.monotonic())
         self.params = params
         self.speech = speech  # the session's voice (text in, audio out), if the server has one
         self.has_audio = speech is not None
@@ -653,9 +695,25 @@ class LiveSession:
 
     # ---- the producer ----
 
-    async def _produce(self, stream: Stream, pts_offset: int) -> None:
-        """Blocks from the worker thread -> frames on the clock -> the latest-frame queue."""
+    def _session_anchor(self, stream: Stream, now: float, floor: int) -> tuple[float, int]:
+        """Where a run of frames starts: (wall time, pts) of its first frame.
+
+        The pts is the session clock's time for a frame sent now, rounded up to
+        the stream's next frame tick (at least ``floor``, so pts only grow),
+        and the frame waits for that tick: at most one frame interval.
+        """
+        tick = float(stream.time_base)
+        pts = max(floor, math.ceil(self.clock.media_time(now) / tick - 1e-9))
+        return max(now, self.clock.send_time(pts * tick)), pts
+
+    async def _produce(self, stream: Stream, floor: int) -> None:
+        """Blocks from the worker thread -> frames on the clock -> the latest-frame queue.
+
+        ``floor``: the smallest pts the first frame may take (after a restart, the
+        old stream's next one); pts follow the session clock (see SessionClock).
+        """
         aloop = asyncio.get_running_loop()
+        pts_offset = 0
         cfg = self._config
         frame_s = 1.0 / stream.config.fps
         block_cost = 0.0  # seconds per block, smoothed
@@ -673,13 +731,22 @@ class LiveSession:
                         cfg.prefetch_margin
                     ):
                         pending = aloop.run_in_executor(self._executor, _timed_block, stream)
-                    due = self._clock.due(frame.time, aloop.time())
-                    delay = due - aloop.time()
-                    # Always yield, even for an overdue frame: a consumer already woken
-                    # for the previous frame takes it before this one replaces it.
-                    await asyncio.sleep(max(0.0, delay))
-                    await self._running.wait()  # paused while waiting: hold this frame
+                    while True:
+                        now = aloop.time()
+                        if self._clock.needs_anchor(frame.time, now):
+                            wall, first_pts = self._session_anchor(stream, now, floor)
+                            pts_offset = first_pts - frame.pts
+                            self._clock.anchor(wall, frame.time)
+                        due = self._clock.due(frame.time, now)
+                        # Always yield, even for an overdue frame: a consumer already woken
+                        # for the previous frame takes it before this one replaces it.
+                        await asyncio.sleep(max(0.0, due - aloop.time()))
+                        if self._running.is_set():
+                            break
+                        # paused while waiting: hold this frame, and time it anew on resume
+                        await self._running.wait()
                     self._publish(VideoFrame(frame.data, frame.pts + pts_offset, frame.time_base))
+                    floor = frame.pts + pts_offset + 1
                 if pending is None:
                     await self._running.wait()
                     pending = aloop.run_in_executor(self._executor, _timed_block, stream)
@@ -817,6 +884,7 @@ class SessionManager:
             self._opening -= 1
         stream.name = f"session-{session_id}"
         speech = None
+        clock = SessionClock(origin=time.monotonic())
         if self.speech_factory is not None:
             try:
                 generator = self.speech_factory(params)
@@ -825,8 +893,9 @@ class SessionManager:
                 executor.shutdown(wait=False)
                 log.exception("[%s] the voice failed to start", session_id)
                 raise ControlError(MODEL_ERROR, f"the voice failed to start: {e}") from None
+            clock = SessionClock(origin=clock.origin, lead=self.speech_config.lead)
             speech = SessionSpeech(
-                session_id, generator, self.speech_config, start_time=time.monotonic()
+                session_id, generator, self.speech_config, start_time=clock.origin
             )
         session = LiveSession(
             session_id,
@@ -838,6 +907,7 @@ class SessionManager:
             opened_at=opened_at,
             on_close=self._closed,
             speech=speech,
+            clock=clock,
         )
         self._sessions[session_id] = session
         self.opened_total += 1
