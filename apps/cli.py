@@ -452,6 +452,7 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
         shift=a.shift,
         foreground_weight=a.foreground_weight,
         motion_weight=a.motion_weight,
+        edge_weight=a.edge_weight,
         head=a.head,
         autocast=a.autocast,
     )
@@ -586,6 +587,12 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
         type=float,
         default=dg.motion_weight,
         help="extra loss weight on latents that changed since the previous frame",
+    )
+    tg.add_argument(
+        "--edge-weight",
+        type=float,
+        default=dg.edge_weight,
+        help="extra loss weight on objects' outlines (where shapes differ)",
     )
     tg.add_argument(
         "--context-sigma-max",

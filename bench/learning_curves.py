@@ -22,14 +22,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from bench.env import environment
 from bench.eval.evaluate import adherence
 from bench.eval.sources import EngineSource
+from bench.eval.teacher_forced import teacher_forced_scores
 from engine.schedule import Sampler
+from models.embedded import load_bundle
 from models.resolve import ModelOptions
 from models.train.bundle import DEFAULT_SAMPLER, write_bundle
 from models.train.generator import GeneratorTrainConfig, GeneratorTrainer
@@ -46,14 +48,25 @@ def checkpoint_scores(
     frames: int = 32,
     steps: tuple[int, ...] | None = None,
     sampler: Sampler = DEFAULT_SAMPLER,
+    one_step: bool = True,
 ) -> dict[str, Any]:
-    """Held-out adherence (percent) of a checkpoint's EMA weights, streamed by the engine."""
+    """Held-out adherence (percent) of a checkpoint's EMA weights, streamed by the engine.
+
+    ``one_step``: also score the one-step estimate at the last sampling level under
+    teacher forcing (bench/eval/teacher_forced.py), as ``one_step``.
+    """
     with tempfile.TemporaryDirectory(prefix="framecast-curve-") as tmp:
         bundle = Path(tmp) / "bundle"
         write_bundle(autoencoder, checkpoint, bundle, sampler=sampler)
         source = EngineSource(ModelOptions(model=str(bundle), steps=steps), name="curve")
         result = adherence(source, heldout_prompts(prompts), frames=frames)
+        if one_step:
+            loaded = load_bundle(bundle)
+            last = min(steps or loaded.defaults["steps"])
+            forced = teacher_forced_scores(loaded, prompts=prompts, levels=(last,))[str(last)]
     scores: dict[str, Any] = {k: result.accuracy[k] for k in (*SCORES, "size", "count")}
+    if one_step:
+        scores["one_step"] = {"level": last, **forced}
     scores["presence"] = result.consistency.presence_pct
     scores["prompts"] = prompts
     scores["sampler"] = sampler
@@ -79,6 +92,7 @@ def proxy_run(
     folder: Path,
     autoencoder: Path,
     prompts: int,
+    sampler: Sampler = DEFAULT_SAMPLER,
 ) -> dict[str, Any]:
     """Train ``config`` for ``minutes`` of wall time, then score every snapshot."""
     trainer = GeneratorTrainer(config, total_steps=config.steps)
@@ -101,7 +115,7 @@ def proxy_run(
             break
     points = []
     for snap, step, elapsed in snaps:
-        scores = checkpoint_scores(snap, autoencoder, prompts=prompts)
+        scores = checkpoint_scores(snap, autoencoder, prompts=prompts, sampler=sampler)
         print(f"[{name}] step {step} ({elapsed:.0f} s): {scores}", file=sys.stderr, flush=True)
         points.append({"step": step, "wall_s": round(elapsed, 1), **scores})
     return {
@@ -133,6 +147,7 @@ def run_command(a: argparse.Namespace) -> int:
         "minutes": a.minutes,
         "snap_minutes": a.snap_minutes,
         "prompts": a.prompts,
+        "sampler": a.sampler,
         "environment": env,
         "runs": [],
     }
@@ -151,6 +166,7 @@ def run_command(a: argparse.Namespace) -> int:
             folder=a.snapshots,
             autoencoder=a.autoencoder,
             prompts=a.prompts,
+            sampler=a.sampler,
         )
         run["cpu"] = env.get("cpu_model")
         report["runs"] = [r for r in report["runs"] if r["name"] != name] + [run]
@@ -201,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--snap-minutes", type=float, default=2.5, help="between scored snapshots")
     r.add_argument("--prompts", type=int, default=24, help="held-out prompts per snapshot")
     r.add_argument("--autoencoder", type=Path, default=Path("models/weights/world"))
+    r.add_argument(
+        "--sampler",
+        choices=get_args(Sampler),
+        default=DEFAULT_SAMPLER,
+        help="step rule the snapshots are streamed with",
+    )
     r.add_argument("--snapshots", type=Path, default=Path("out/curves"))
     r.add_argument("--keep-snapshots", action="store_true")
     r.add_argument("--out", type=Path, help="report JSON (default: curves_<time>.json in cwd)")

@@ -147,3 +147,19 @@ def test_cli_engine_report_is_json(tmp_path: Path) -> None:
     values += [report["results"]["drift"]["first"]["adherence_pct"]]
     assert all(0.0 <= v <= 100.0 for v in values)
     assert np.isfinite(report["wall_s"])
+
+
+def test_one_step_scores_separate_the_true_latents_from_a_noisy_guess() -> None:
+    """The true latents decode to what the prompt asks (the decoder's ceiling); the shipped
+    generator's one-step guess from pure noise (level 1000) knows only the prompt and
+    its cache, so it must score no better on shape and motion than the truth."""
+    from bench.eval.teacher_forced import teacher_forced_scores
+    from models.embedded import load_bundle
+
+    scores = teacher_forced_scores(load_bundle("world"), prompts=6, levels=(1000, 50))
+    assert set(scores) == {"true", "1000", "50"}
+    truth = scores["true"]
+    assert truth["background"] == 100.0 and truth["colour"] == 100.0 and truth["motion"] >= 80.0
+    assert scores["50"]["colour"] >= 80.0  # little noise: the estimate keeps the clip
+    guess = scores["1000"]
+    assert guess["shape"] <= truth["shape"] and guess["motion"] <= truth["motion"]

@@ -22,6 +22,7 @@ from models.train.generator import (
     GENERATOR_FILE,
     GeneratorTrainConfig,
     GeneratorTrainer,
+    edge_mask,
     loss_weights,
     motion_mask,
 )
@@ -75,6 +76,18 @@ def test_motion_weights_mark_where_the_object_left_and_arrived() -> None:
     assert m[0, 2].sum() == 0
     w = loss_weights(x0, 0.0, 3.0)
     assert float(w[0, 1, 2, 3]) == 4.0 and float(w[0, 2, 2, 3]) == 1.0
+
+
+def test_edge_weights_mark_the_outline_not_the_inside_or_far_away() -> None:
+    x0 = torch.zeros(1, 1, 16, 12, 12)
+    x0[:, 0, :, 3:8, 3:8] = 2.0  # a 5x5 square object
+    e = edge_mask(x0)[0, 0]
+    assert e[5, 5] == 0  # the middle of the object
+    assert e[3, 3] == 1 and e[2, 5] == 1 and e[7, 7] == 1 and e[8, 5] == 1  # either side of it
+    assert e[0, 0] == 0 and e[11, 11] == 0  # background far away
+    assert e.sum() == 7 * 7 - 3 * 3  # the ring between the dilated and the eroded square
+    w = loss_weights(x0, 0.0, 0.0, 2.0)
+    assert float(w[0, 0, 3, 3]) == 3.0 and float(w[0, 0, 5, 5]) == 1.0
 
 
 def _job(tmp_path: Path, **kw: object) -> TrainingJob:
