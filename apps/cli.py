@@ -711,6 +711,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_vc_bench_arguments(bv)
     bv.set_defaults(func=vc_bench_command)
 
+    from bench.vc_live import add_vc_live_arguments, vc_live_command
+
+    bl = sub.add_parser(
+        "bench-vc-live",
+        help="voice conversion of a live microphone over WebRTC: end to end, stage by stage (JSON)",
+    )
+    add_vc_live_arguments(bl)
+    bl.set_defaults(func=vc_live_command)
+
     from bench.av_sync import add_av_sync_arguments, av_sync_command
 
     ba = sub.add_parser(

@@ -96,6 +96,7 @@ class ServerConfig:
     bitrate: int | None = None  # bits/s for WebRTC and WebSocket H.264; None: by resolution
     ice_loopback: bool = False  # ICE host candidates on 127.0.0.1 only
     ice_servers: tuple[str, ...] = ()
+    microphone_buffer: int | None = None  # audio frames; None: WebRTCConfig's default
     ws: WebSocketConfig = field(default_factory=WebSocketConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     record: Path | None = None  # MP4 of the first session
@@ -273,6 +274,8 @@ def _load_gateway(config: ServerConfig) -> Any | None:
         ice_servers=config.ice_servers,
         host_addresses=("127.0.0.1",) if config.ice_loopback else None,
     )
+    if config.microphone_buffer is not None:
+        rtc = dataclasses.replace(rtc, microphone_buffer=config.microphone_buffer)
     return WebRTCGateway(rtc)
 
 
@@ -725,6 +728,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="ICE host candidates on 127.0.0.1 only (automatic when no other interface is usable)",
     )
     p.add_argument("--ice-server", action="append", default=[], help="stun:/turn: URL (repeatable)")
+    p.add_argument(
+        "--microphone-buffer",
+        type=int,
+        help="20 ms frames the server buffers of a WebRTC microphone before converting it "
+        "(default: 1, for loopback and LANs; aiortc's own is 4)",
+    )
     p.add_argument("--record", type=Path, help="record the first session to this MP4")
     p.add_argument(
         "--voice",
@@ -818,6 +827,7 @@ def serve_command(a: argparse.Namespace) -> int:
         bitrate=a.bitrate,
         ice_loopback=a.ice_loopback,
         ice_servers=tuple(a.ice_server),
+        microphone_buffer=a.microphone_buffer,
         ws=WebSocketConfig(codec=a.ws_codec, audio_codec=a.ws_audio_codec),
         record=a.record,
         voice=a.voice,

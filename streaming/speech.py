@@ -250,9 +250,13 @@ class PacedAudio:
                     self.framer.end_run()
                     continue
             elif self.silence:  # speech, or a silent frame once the next one is due
+                # Wait for speech until the frame is due, not ``lead`` before: a converter's
+                # blocks come just in time (one per input block, due ``input_margin`` after
+                # they are made), and a filler sent early would push every later block back
+                # by a frame (measured: 40 ms more end to end over WebRTC).
                 now_pts = round(clock * FRAME_RATE)
                 at = now_pts if self._next_pts is None else max(self._next_pts, now_pts)
-                chunk = await self._chunk(max(0.0, at / FRAME_RATE - lead - clock))
+                chunk = await self._chunk(max(0.0, at / FRAME_RATE - clock))
                 if chunk is None:
                     zeros = np.zeros((FRAME_SAMPLES, self.framer.channels), np.float32)
                     return await self._release(zeros, at, silent=True)

@@ -48,6 +48,7 @@ from aiortc import (
     RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpReceiver,
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
@@ -89,9 +90,11 @@ class LiveMediaSession(Protocol):
     """What the gateway needs from a session (streaming.session.LiveSession provides it)."""
 
     id: str
-    fps: int
     has_audio: bool
     speech: SessionSpeech | None  # a voice: sent by SpeechAudioTrack (else next_audio's chunks)
+
+    @property
+    def fps(self) -> int: ...
 
     async def handle_control(self, message: str | bytes | dict[str, Any]) -> dict[str, Any]: ...
 
@@ -129,8 +132,17 @@ class WebRTCConfig:
     peer_timeout: float = 10.0
     # A peer that has not connected this long after the answer is dropped (seconds).
     connect_timeout: float = 30.0
+    # 20 ms audio frames the server's receiver of a client's microphone holds before it
+    # plays the first (aiortc's default is 4, i.e. 80 ms on every hop). Voice conversion
+    # sends the microphone straight back, so each frame held is latency the user hears;
+    # 1 suits loopback and LANs, raise it for lossy or reordering links. None: aiortc's.
+    microphone_buffer: int | None = 1
 
     def __post_init__(self) -> None:
+        if self.microphone_buffer is not None and not 1 <= self.microphone_buffer <= 8:
+            raise ValueError(
+                f"microphone_buffer must be 1-8 frames or None, got {self.microphone_buffer}"
+            )
         if self.codec not in CODEC_MIME:
             raise ValueError(f"codec must be one of {tuple(CODEC_MIME)}, got {self.codec!r}")
         if self.bitrate is not None and self.bitrate < 10_000:
@@ -445,6 +457,34 @@ class SpeechAudioTrack(MediaStreamTrack):
         super().stop()
 
 
+# Where aiortc (checked against 1.16) keeps an RTCRtpReceiver's jitter buffer; private.
+_JITTER_BUFFER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+_AUDIO_JITTER_CAPACITY = 16  # packets, aiortc's own for audio
+
+
+def set_audio_receive_buffer(receiver: RTCRtpReceiver, frames: int) -> bool:
+    """Make an audio receiver play once ``frames`` frames are buffered (aiortc: 4).
+
+    aiortc fixes the depth when it makes the receiver and offers no setting, so
+    this replaces its (empty, not yet used) buffer. Where a future aiortc keeps it
+    elsewhere, nothing is changed: a warning says so and aiortc's depth stays.
+    """
+    from aiortc.jitterbuffer import JitterBuffer
+
+    if not isinstance(getattr(receiver, _JITTER_BUFFER_ATTR, None), JitterBuffer):
+        log.warning(
+            "this aiortc keeps no jitter buffer where 1.16 did: the microphone keeps "
+            "aiortc's own depth (WebRTCConfig.microphone_buffer has no effect)"
+        )
+        return False
+    setattr(
+        receiver,
+        _JITTER_BUFFER_ATTR,
+        JitterBuffer(capacity=_AUDIO_JITTER_CAPACITY, prefetch=frames),
+    )
+    return True
+
+
 # ---- offers ----
 
 
@@ -742,8 +782,12 @@ class WebRTCGateway:
                 converts = session.speech is not None and session.speech.takes == "audio"
                 offered = [m.direction for m in description.media if m.kind == "audio"]
                 microphone = converts and offered[0] in ("sendrecv", "sendonly")
-                pc.addTransceiver(peer.audio, direction="sendrecv" if microphone else "sendonly")
+                audio = pc.addTransceiver(
+                    peer.audio, direction="sendrecv" if microphone else "sendonly"
+                )
                 if microphone:
+                    if config.microphone_buffer is not None:
+                        set_audio_receive_buffer(audio.receiver, config.microphone_buffer)
                     pc.on("track", peer.on_track)
             pc.on("datachannel", peer.on_datachannel)
             pc.on("connectionstatechange", peer.on_state)

@@ -43,6 +43,7 @@ from streaming.webrtc import (
     default_bitrate,
     ice_host_addresses,
     rescale,
+    set_audio_receive_buffer,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,12 +66,39 @@ def test_config_rejects_what_cannot_work() -> None:
         WebRTCConfig(ice_servers=("stun.example.org:3478",))
     with pytest.raises(ValueError, match="codec"):
         WebRTCConfig(codec="av1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="microphone_buffer"):
+        WebRTCConfig(microphone_buffer=0)
     assert WebRTCConfig().rtc_configuration().iceServers == []  # not aiortc's Google STUN
     turn = WebRTCConfig(
         ice_servers=("turn:t.example:3478",), turn_username="u", turn_credential="p"
     )
     (server,) = turn.rtc_configuration().iceServers or []
     assert (server.urls, server.username, server.credential) == ("turn:t.example:3478", "u", "p")
+
+
+def test_microphone_receiver_plays_after_the_configured_frames() -> None:
+    """aiortc holds 4 audio frames before it plays; the server's microphone holds what
+    WebRTCConfig.microphone_buffer says (measured: 60 ms less end to end at 1)."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    async def body() -> tuple[int, int]:
+        pc = RTCPeerConnection()
+        try:
+            receiver = pc.addTransceiver("audio", direction="sendrecv").receiver
+            before = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+            assert isinstance(before, JitterBuffer)
+            assert set_audio_receive_buffer(receiver, 1)
+            after = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+            return before._prefetch, after._prefetch
+        finally:
+            await pc.close()
+
+    assert asyncio.run(body()) == (4, 1)
+
+    class NotAiortcReceiver:
+        pass
+
+    assert not set_audio_receive_buffer(NotAiortcReceiver(), 1)  # type: ignore[arg-type]
 
 
 def test_bitrate_suits_the_resolution_and_has_a_per_connection_ceiling() -> None:
