@@ -453,6 +453,7 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
         foreground_weight=a.foreground_weight,
         motion_weight=a.motion_weight,
         edge_weight=a.edge_weight,
+        text_dropout=a.text_dropout,
         head=a.head,
         autocast=a.autocast,
     )
@@ -593,6 +594,12 @@ def add_train_subcommands(targets: argparse._SubParsersAction) -> None:
         type=float,
         default=dg.edge_weight,
         help="extra loss weight on objects' outlines (where shapes differ)",
+    )
+    tg.add_argument(
+        "--text-dropout",
+        type=float,
+        default=dg.text_dropout,
+        help="chance each word piece of a training prompt is dropped",
     )
     tg.add_argument(
         "--context-sigma-max",

@@ -95,6 +95,10 @@ class GeneratorTrainConfig:
     # foreground mask, see `edge_mask`): where a square's corners and a triangle's
     # slopes are decided, and where a blob and a shape differ.
     edge_weight: float = 0.0
+    # Chance that each word piece of a training prompt is dropped (zeroed): the model
+    # learns to read the prompt from several of its words, not one phrasing's tokens,
+    # for phrasings and words it never saw.
+    text_dropout: float = 0.0
     # "off": float32; "bf16": bf16 autocast; "auto": bf16 only where this machine's bf16
     # GEMMs measure >= 1.5x faster than float32 (models/train/precision.py)
     autocast: str = "off"
@@ -114,7 +118,7 @@ class GeneratorTrainConfig:
             raise ValueError("frames must be a multiple of block_frames")
         if self.autocast not in ("off", "bf16", "auto"):
             raise ValueError(f"autocast must be off, bf16 or auto, got {self.autocast!r}")
-        for name in ("on_schedule", "sink_gap", "switch", "self_context", "head"):
+        for name in ("on_schedule", "sink_gap", "switch", "self_context", "head", "text_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a fraction in [0, 1]")
         if self.sink_gap + self.switch > 1.0:
@@ -185,9 +189,26 @@ class ClipSampler:
                     mask[0] = float(self.is_head[clip] and start == 0)
             phrasing = int(rng.integers(self.prompt_index.shape[1]))
             xs.append(x)
-            ctx.append(self.embeds[int(self.prompt_index[clip, phrasing])])
+            embed = self.embeds[int(self.prompt_index[clip, phrasing])]
+            if c.text_dropout > 0:
+                embed = _drop_words(embed, c.text_dropout, rng)
+            ctx.append(embed)
             masks.append(mask)
         return Batch(torch.stack(xs), torch.stack(ctx), torch.stack(masks))
+
+
+def _drop_words(embed: Tensor, rate: float, rng: np.random.Generator) -> Tensor:
+    """[T, D] token embeddings with each word piece (not [CLS]/[SEP]) zeroed with
+    probability ``rate``: zero rows read as padding (see pooled_prompt), so the
+    prompt must be read from whichever words are left."""
+    real = int((embed.abs().sum(dim=-1) > 0).sum())
+    drop = np.zeros(embed.shape[0], dtype=bool)
+    drop[1 : real - 1] = rng.random(max(0, real - 2)) < rate
+    if not drop.any():
+        return embed
+    out = embed.clone()
+    out[torch.from_numpy(drop)] = 0.0
+    return out
 
 
 def teacher_forcing_loss(

@@ -104,3 +104,20 @@ def test_foreground_weights_mark_the_object_not_the_background() -> None:
     assert w.shape == (1, 2, 8, 8)
     assert bool((w[:, :, 2:4, 5:7] == 5.0).all())
     assert float(w.sum()) == 2 * (64 + 4 * 4)  # only the object's 4 pixels per frame
+
+
+def test_text_dropout_zeroes_word_pieces_but_keeps_the_special_tokens() -> None:
+    from models.train.generator import _drop_words
+
+    embed = torch.zeros(8, 4)
+    embed[:5] = torch.arange(1, 6, dtype=torch.float32)[:, None]  # [CLS] w w w [SEP], 3 pads
+    rng = np.random.default_rng(0)
+    assert torch.equal(_drop_words(embed, 0.0, rng), embed)
+    dropped = _drop_words(embed, 1.0, rng)
+    assert dropped[0].abs().sum() > 0 and dropped[4].abs().sum() > 0  # [CLS], [SEP] kept
+    assert dropped[1:4].abs().sum() == 0 and dropped[5:].abs().sum() == 0
+    assert embed[1].abs().sum() > 0  # the latent set's own tensor is untouched
+    some = [int((_drop_words(embed, 0.5, rng)[1:4].abs().sum(-1) == 0).sum()) for _ in range(200)]
+    assert 0.4 < sum(some) / (3 * 200) < 0.6
+    with pytest.raises(ValueError, match="text_dropout"):
+        GeneratorTrainConfig(text_dropout=1.5)
