@@ -177,6 +177,50 @@ def run_command(a: argparse.Namespace) -> int:
     return 0
 
 
+def heldout_latent_set(like: Path, autoencoder: Path, clips: int) -> dict[str, Any]:
+    """A latent set of the first ``clips`` held-out scenes, each with its held-out prompt,
+    normalised like ``like`` (the job's set, so checkpoints move between the two).
+
+    For memorisation probes: a recipe trained on it and scored on the same prompts
+    (``--prompts clips``) shows what the architecture can draw at all.
+    """
+    from models.text import SentenceEncoder
+    from models.train.autoencoder import load_autoencoder
+    from models.world.render import WorldStream
+
+    base = torch.load(like, weights_only=False)
+    encoder, _ = load_autoencoder(autoencoder)
+    frames, size = base["latents"].shape[1] * 4, int(base["meta"]["config"]["size"])
+    text = SentenceEncoder()
+    cases = heldout_prompts(clips)
+    latents, embeds = [], torch.zeros(clips, *base["embeds"].shape[1:], dtype=torch.float16)
+    with torch.inference_mode():
+        for i, case in enumerate(cases):
+            clip = WorldStream(case.scene, height=size, width=size).next_frames(frames)
+            x = torch.from_numpy(clip).permute(0, 3, 1, 2).float().div(255.0)[None]
+            latents.append(encoder(x)[0].to(torch.float16))
+            e = text.encode(case.prompt)[: embeds.shape[1]]
+            embeds[i, : e.shape[0]] = e.to(torch.float16)
+    phrasings = base["prompt_index"].shape[1]
+    return {
+        **base,
+        "latents": torch.stack(latents),
+        "embeds": embeds,
+        "prompt_index": torch.arange(clips)[:, None].repeat(1, phrasings),
+        "starts": torch.zeros(clips, dtype=torch.int64),
+        "prompts": [c.prompt for c in cases],
+        "meta": {**base["meta"], "heldout_clips": clips, "normalised_like": str(like)},
+    }
+
+
+def heldout_set_command(a: argparse.Namespace) -> int:
+    data = heldout_latent_set(a.like, a.autoencoder, a.clips)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, a.out)
+    print(f"wrote {a.out}: {a.clips} held-out clips", file=sys.stderr)
+    return 0
+
+
 def plot_command(a: argparse.Namespace) -> int:
     try:
         import matplotlib
@@ -227,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--keep-snapshots", action="store_true")
     r.add_argument("--out", type=Path, help="report JSON (default: curves_<time>.json in cwd)")
     r.set_defaults(func=run_command)
+    h = sub.add_parser("heldout-set", help="a latent set of held-out scenes (memorisation probe)")
+    h.add_argument("--like", type=Path, required=True, help="the job's latent set (its stats)")
+    h.add_argument("--autoencoder", type=Path, default=Path("training/world/autoencoder"))
+    h.add_argument("--clips", type=int, default=16)
+    h.add_argument("--out", type=Path, default=Path("out/train/heldout16.pt"))
+    h.set_defaults(func=heldout_set_command)
     q = sub.add_parser("plot", help="one panel per attribute, one line per recipe")
     q.add_argument("reports", type=Path, nargs="+")
     q.add_argument("--out", type=Path, default=Path("docs/models/learning_curves.png"))

@@ -163,3 +163,24 @@ def test_one_step_scores_separate_the_true_latents_from_a_noisy_guess() -> None:
     assert scores["50"]["colour"] >= 80.0  # little noise: the estimate keeps the clip
     guess = scores["1000"]
     assert guess["shape"] <= truth["shape"] and guess["motion"] <= truth["motion"]
+
+
+def test_heldout_latent_set_is_the_held_out_scenes_normalised_like_the_job(
+    tmp_path: Path,
+) -> None:
+    """The memorisation probe's set: held-out scenes and prompts, the job's statistics."""
+    from fakes import fake_latent_set
+
+    from bench.learning_curves import heldout_latent_set
+    from models.train.generator import ClipSampler, GeneratorTrainConfig
+
+    fake_latent_set(tmp_path / "like.pt", hw=8)  # 64x64 clips
+    weights = Path(__file__).resolve().parents[2] / "models" / "weights" / "world"
+    data = heldout_latent_set(tmp_path / "like.pt", weights, clips=2)
+    assert data["latents"].shape == (2, 8, 16, 8, 8)
+    assert data["prompts"] == [c.prompt for c in heldout_prompts(2)]
+    assert torch.equal(data["mean"], torch.full((16,), 0.5))  # the job's, not its own
+    assert data["embeds"].float().abs().sum(dim=(1, 2)).min() > 0
+    assert data["prompt_index"].tolist() == [[0, 0], [1, 1]]
+    batch = ClipSampler(data, GeneratorTrainConfig(batch=4, frames=6))()  # trains as a set
+    assert batch.latents.shape == (4, 6, 16, 8, 8)
