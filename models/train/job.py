@@ -40,6 +40,12 @@ JOB_FILE = "job.json"
 CHECKPOINT_DIR = "checkpoint"
 DEFAULT_JOB = Path("training/world")
 
+# A step that takes this many times the usual step time (and at least PAUSE_MIN_S) was
+# paused, not trained: sessions stop the job with SIGSTOP while they time things, and
+# the job's wall time should say how long it trained.
+PAUSE_FACTOR = 20.0
+PAUSE_MIN_S = 5.0
+
 # (checkpoint folder, step) -> scores to record, e.g. held-out adherence in percent
 Evaluator = Callable[[Path, int], dict[str, Any]]
 
@@ -189,9 +195,12 @@ def run_job(
     deadline = None if minutes is None else t0 + 60 * minutes
     last = job.total_steps if max_steps is None else min(job.total_steps, max_steps)
 
+    step_s: float | None = None  # smoothed seconds per step
+    paused = 0.0  # seconds the job was stopped (SIGSTOP) or starved: not training time
+
     def save() -> dict[str, Any]:
         segment["end_step"] = trainer.step_count
-        segment["wall_s"] = time.perf_counter() - t0
+        segment["wall_s"] = time.perf_counter() - t0 - paused
         extra = {
             "segments": [*segments, segment],
             "evals": evals,
@@ -203,7 +212,15 @@ def run_job(
     while trainer.step_count < last and not stop.is_set():
         if deadline is not None and time.perf_counter() >= deadline:
             break
+        t_step = time.perf_counter()
         report = trainer.step()
+        took = time.perf_counter() - t_step
+        if step_s is not None and took > max(PAUSE_FACTOR * step_s, PAUSE_MIN_S):
+            trainer.exclude(took - step_s)  # a session paused the job (kill -STOP)
+            paused += took - step_s
+            segment["paused_s"] = round(paused, 1)
+        else:
+            step_s = took if step_s is None else 0.9 * step_s + 0.1 * took
         if report is not None and progress is not None:
             progress(report)
         if evaluate is not None and job.eval_every and trainer.step_count % job.eval_every == 0:

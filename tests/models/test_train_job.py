@@ -185,6 +185,36 @@ def test_cli_resume_saves_on_sigterm(tmp_path: Path) -> None:
     assert json.loads((job.checkpoint / "state.json").read_text())["step"] == state["step"] + 2
 
 
+def test_time_stopped_by_sigstop_is_not_counted_as_training(tmp_path: Path) -> None:
+    """Sessions pause the job with SIGSTOP while they time things; a real process is
+    stopped for 6 s mid-run and its recorded wall time leaves those seconds out."""
+    job = _job(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "apps.cli", "train", "resume", "--job", str(job.folder)]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [*cmd, "--threads", "1", "--no-eval"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:  # training under way, with a step time to compare against
+        if "step 8/" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(6.0)
+    proc.send_signal(signal.SIGCONT)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[1]
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, rest
+    state = json.loads((job.checkpoint / "state.json").read_text())
+    segment = state["segments"][-1]
+    assert segment["paused_s"] >= 5.0, segment
+    assert segment["wall_s"] <= elapsed - 5.0, (segment, elapsed)
+    assert state["wall_s"] <= elapsed - 5.0
+
+
 def test_bf16_autocast_trains_and_keeps_float32_weights(tmp_path: Path) -> None:
     fake_latent_set(tmp_path / "lat.pt")
     with pytest.raises(ValueError, match="autocast"):
