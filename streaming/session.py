@@ -698,13 +698,15 @@ class LiveSession:
     def _session_anchor(self, stream: Stream, now: float, floor: int) -> tuple[float, int]:
         """Where a run of frames starts: (wall time, pts) of its first frame.
 
-        The pts is the session clock's time for a frame sent now, rounded up to
-        the stream's next frame tick (at least ``floor``, so pts only grow),
-        and the frame waits for that tick: at most one frame interval.
+        The pts is the session clock's time for a frame sent now, rounded down
+        to the stream's frame tick (so the first frame goes out at once, less
+        than a frame late, and the ones after it exactly on their ticks; the
+        time to first frame grows by nothing), and at least ``floor`` so pts
+        only grow; a frame whose pts is ahead of now waits for it.
         """
         tick = float(stream.time_base)
-        pts = max(floor, math.ceil(self.clock.media_time(now) / tick - 1e-9))
-        return max(now, self.clock.send_time(pts * tick)), pts
+        pts = max(floor, math.floor(self.clock.media_time(now) / tick + 1e-9))
+        return self.clock.send_time(pts * tick), pts
 
     async def _produce(self, stream: Stream, floor: int) -> None:
         """Blocks from the worker thread -> frames on the clock -> the latest-frame queue.
