@@ -43,7 +43,7 @@ DEFAULT_JOB = Path("training/world")
 # A step that takes this many times the usual step time (and at least PAUSE_MIN_S) was
 # paused, not trained: sessions stop the job with SIGSTOP while they time things, and
 # the job's wall time should say how long it trained.
-PAUSE_FACTOR = 20.0
+PAUSE_FACTOR = 10.0
 PAUSE_MIN_S = 5.0
 
 # (checkpoint folder, step) -> scores to record, e.g. held-out adherence in percent
@@ -209,20 +209,14 @@ def run_job(
         trainer.save_checkpoint(job.checkpoint, extra)
         return json.loads((job.checkpoint / CHECKPOINT_STATE).read_text())
 
+    t_iter = time.perf_counter()
     while trainer.step_count < last and not stop.is_set():
         if deadline is not None and time.perf_counter() >= deadline:
             break
-        t_step = time.perf_counter()
         report = trainer.step()
-        took = time.perf_counter() - t_step
-        if step_s is not None and took > max(PAUSE_FACTOR * step_s, PAUSE_MIN_S):
-            trainer.exclude(took - step_s)  # a session paused the job (kill -STOP)
-            paused += took - step_s
-            segment["paused_s"] = round(paused, 1)
-        else:
-            step_s = took if step_s is None else 0.9 * step_s + 0.1 * took
         if report is not None and progress is not None:
             progress(report)
+        timed = True  # this iteration's time is one step's (plus logging)
         if evaluate is not None and job.eval_every and trainer.step_count % job.eval_every == 0:
             saved = save()
             t_eval = time.perf_counter()
@@ -232,9 +226,20 @@ def run_job(
             evals.append({"step": trainer.step_count, "wall_s": saved["wall_s"], **scores})
             if progress is not None:
                 progress(f"step {trainer.step_count}: held-out {scores}")
+            timed = False
         if time.perf_counter() - last_save >= 60 * job.save_minutes:
             save()
             last_save = time.perf_counter()
+        now = time.perf_counter()
+        took, t_iter = now - t_iter, now
+        if not timed:
+            continue
+        if step_s is not None and took > max(PAUSE_FACTOR * step_s, PAUSE_MIN_S):
+            trainer.exclude(took - step_s)  # a session paused the job (kill -STOP)
+            paused += took - step_s
+            segment["paused_s"] = round(paused, 1)
+        else:
+            step_s = took if step_s is None else 0.9 * step_s + 0.1 * took
     report = trainer.flush_report()  # the loss since the last log point joins the curve
     if report is not None and progress is not None:
         progress(report)

@@ -187,7 +187,7 @@ def test_cli_resume_saves_on_sigterm(tmp_path: Path) -> None:
 
 def test_time_stopped_by_sigstop_is_not_counted_as_training(tmp_path: Path) -> None:
     """Sessions pause the job with SIGSTOP while they time things; a real process is
-    stopped for 6 s mid-run and its recorded wall time leaves those seconds out."""
+    stopped for 8 s mid-run and its recorded wall time leaves those seconds out."""
     job = _job(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "apps.cli", "train", "resume", "--job", str(job.folder)]
@@ -201,7 +201,7 @@ def test_time_stopped_by_sigstop_is_not_counted_as_training(tmp_path: Path) -> N
         if "step 8/" in line or time.monotonic() > deadline:
             break
     proc.send_signal(signal.SIGSTOP)
-    time.sleep(6.0)
+    time.sleep(8.0)
     proc.send_signal(signal.SIGCONT)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
@@ -210,9 +210,9 @@ def test_time_stopped_by_sigstop_is_not_counted_as_training(tmp_path: Path) -> N
     assert proc.returncode == 0, rest
     state = json.loads((job.checkpoint / "state.json").read_text())
     segment = state["segments"][-1]
-    assert segment["paused_s"] >= 5.0, segment
-    assert segment["wall_s"] <= elapsed - 5.0, (segment, elapsed)
-    assert state["wall_s"] <= elapsed - 5.0
+    assert segment.get("paused_s", 0.0) >= 6.0, segment
+    assert segment["wall_s"] <= elapsed - 6.0, (segment, elapsed)
+    assert state["wall_s"] <= elapsed - 6.0
 
 
 def test_bf16_autocast_trains_and_keeps_float32_weights(tmp_path: Path) -> None:
