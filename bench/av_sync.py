@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from bench.env import environment
+from bench.env import environment, write_json
 
 # Spoken over and over; long enough that one pass is many windows of speech.
 PARAGRAPH = (
@@ -245,8 +245,7 @@ def add_av_sync_arguments(p: argparse.ArgumentParser) -> None:
 
 def av_sync_command(a: argparse.Namespace) -> int:
     result = run(a)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, a.out)
     s = result["summary"]
     print(
         f"A/V skew over {a.seconds:.0f} s ({s['windows']} windows of {a.window:.0f} s, "

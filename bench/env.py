@@ -10,10 +10,12 @@ Progress goes to stderr so that stdout carries only the result JSON.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -86,3 +88,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average_at_start": list(os.getloadavg()),
     }
+
+
+def write_json(result: dict[str, Any], out: Path) -> None:
+    """A benchmark's record: indented JSON, its folder made if needed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")

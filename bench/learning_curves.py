@@ -186,7 +186,7 @@ def heldout_latent_set(like: Path, autoencoder: Path, clips: int) -> dict[str, A
     """
     from models.text import SentenceEncoder
     from models.train.autoencoder import load_autoencoder
-    from models.world.render import WorldStream
+    from models.world.render import render_clip
 
     base = torch.load(like, weights_only=False)
     encoder, _ = load_autoencoder(autoencoder)
@@ -196,7 +196,7 @@ def heldout_latent_set(like: Path, autoencoder: Path, clips: int) -> dict[str, A
     latents, embeds = [], torch.zeros(clips, *base["embeds"].shape[1:], dtype=torch.float16)
     with torch.inference_mode():
         for i, case in enumerate(cases):
-            clip = WorldStream(case.scene, height=size, width=size).next_frames(frames)
+            clip = render_clip(case.scene, frames, size, size)
             x = torch.from_numpy(clip).permute(0, 3, 1, 2).float().div(255.0)[None]
             latents.append(encoder(x)[0].to(torch.float16))
             e = text.encode(case.prompt)[: embeds.shape[1]]

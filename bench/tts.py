@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.env import environment
+from bench.env import environment, write_json
 from engine.audio import AudioStream
 from models.audio.asr import SpeechRecognizer, word_error_rate
 from models.audio.tts import PiperSpeech, SpeechConfig
@@ -336,8 +336,7 @@ def add_tts_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def tts_bench_command(a: argparse.Namespace) -> int:
     result = run(a)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, a.out)
     fa, c = result["first_audio_s"], result["continuous"]
     line = (
         f"{result['env']['cpu_model']}: first audio median {fa['median'] * 1000:.0f} ms "

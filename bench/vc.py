@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.env import environment
+from bench.env import environment, write_json
 from bench.tts import HELD_OUT_SENTENCES
 from engine.audio import AudioStream
 from models.audio.asr import SpeechRecognizer, word_error_rate
@@ -112,8 +112,7 @@ def add_vc_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def vc_bench_command(a: argparse.Namespace) -> int:
     result = run(a)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, a.out)
     b, p = result["block_compute_s"], result["pitch"]
     line = (
         f"{result['env']['cpu_model']}: algorithmic latency "

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import datetime as dt
 import itertools
-import json
 import statistics
 import sys
 import time
@@ -45,7 +44,7 @@ import av
 import numpy as np
 import torch
 
-from bench.env import environment
+from bench.env import environment, write_json
 from bench.tts import HELD_OUT_SENTENCES
 from engine.audio import AudioGenerator, AudioPiece
 
@@ -291,8 +290,7 @@ def add_vc_live_arguments(p: argparse.ArgumentParser) -> None:
 
 def vc_live_command(a: argparse.Namespace) -> int:
     result = run(a)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, a.out)
     e2e = result["end_to_end_ms"]
     parts = ", ".join(f"{k} {v['median']:.0f}" for k, v in result["stages_ms"].items())
     print(

@@ -27,7 +27,7 @@ from models.embedded import Bundle
 from models.text import SentenceEncoder
 from models.world import heldout_prompts
 from models.world.detect import check, detect
-from models.world.render import WorldStream
+from models.world.render import render_clip
 
 LATENT_FRAMES = 6  # the generator's training clip
 TEXT_TOKENS = 32
@@ -59,7 +59,7 @@ def teacher_forced_scores(
     tally: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     cases = heldout_prompts(prompts)
     for case in cases:
-        clip = WorldStream(case.scene, height=size, width=size).next_frames(frames)
+        clip = render_clip(case.scene, frames, size, size)
         x = torch.from_numpy(clip).permute(0, 3, 1, 2).float().div(255.0)[None]
         z = (encoder(x) - mean) / std
         embed = text.encode(case.prompt)[:TEXT_TOKENS]

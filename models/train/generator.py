@@ -265,9 +265,13 @@ def foreground_weights(x0: Tensor, weight: float) -> Tensor:
     background, which the model gets right early (background accuracy ~98%
     while colour was ~30%).
     """
+    return 1.0 + weight * foreground_mask(x0).float()
+
+
+def foreground_mask(x0: Tensor) -> Tensor:
+    """[B, F, C, h, w] clean latents -> [B, F, h, w] True on objects (see foreground_weights)."""
     median = x0.flatten(3).median(dim=3).values[..., None, None]
-    far = (x0 - median).pow(2).mean(dim=2) > FOREGROUND_THRESHOLD
-    return 1.0 + weight * far.float()
+    return (x0 - median).pow(2).mean(dim=2) > FOREGROUND_THRESHOLD
 
 
 MOTION_THRESHOLD = 0.5  # mean squared change (in std units) since the previous frame
@@ -283,8 +287,7 @@ def motion_mask(x0: Tensor) -> Tensor:
 def edge_mask(x0: Tensor) -> Tensor:
     """[B, F, C, h, w] clean latents -> [B, F, h, w] 1 on the border of each object:
     the foreground mask (see foreground_weights) dilated minus eroded, 3x3."""
-    median = x0.flatten(3).median(dim=3).values[..., None, None]
-    far = ((x0 - median).pow(2).mean(dim=2) > FOREGROUND_THRESHOLD).float()
+    far = foreground_mask(x0).float()
     flat = far.flatten(0, 1)[:, None]  # [B*F, 1, h, w]
     dilated = torch.nn.functional.max_pool2d(flat, 3, stride=1, padding=1)
     eroded = -torch.nn.functional.max_pool2d(-flat, 3, stride=1, padding=1)
